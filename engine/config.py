@@ -1,0 +1,226 @@
+"""The one configuration object: YAML file -> validated, immutable, typed config.
+
+Precedence (lowest to highest): defaults in this file, the YAML file, ``ISOSTREAM__SECTION__KEY`` environment
+variables, then CLI flags. Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from streams.schema import STATION_ALARM, Schema
+
+ENV_PREFIX = "ISOSTREAM__"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Topics(_Section):
+    scores: str = "scores"
+    alerts: str = "alerts"
+    stats: str = "stats"
+    dead_letter: str = "dead-letter"
+
+
+class KafkaConfig(_Section):
+    bootstrap: str = "127.0.0.1:9092"
+    input_topic: str = "events"
+    topics: Topics = Topics()
+    group_id: str = "isostream"
+    #: explicit partitions to assign (immediate); None = all partitions of the input topic
+    partitions: tuple[int, ...] | None = None
+    #: use consumer-group subscribe (rebalancing) instead of explicit assignment
+    subscribe: bool = False
+    #: librdkafka settings passed through verbatim to consumers and producers (SASL/SSL etc.)
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: secrets kept out of logs and reprs, e.g. {"sasl.password": "..."}
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    max_batch_messages: int = Field(default=20_000, gt=0)
+    max_batch_wait_ms: int = Field(default=200, gt=0)
+    max_in_flight: int = Field(default=4, gt=0)
+    #: where records that fail decoding go, besides the dead-letter topic (None = topic only)
+    dead_letter_dir: Path | None = None
+
+    def client_settings(self) -> dict[str, Any]:
+        """librdkafka settings common to every client: bootstrap, pass-through settings and secrets."""
+        out: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        out.update(self.settings)
+        out.update({k: v.get_secret_value() for k, v in self.secrets.items()})
+        return out
+
+
+class FeaturesConfig(_Section):
+    #: numeric input fields used as model features as they are
+    numeric: tuple[str, ...] = ("value", "valueThreshold")
+    #: per-key rolling statistics over the last N events of each key (spans batches)
+    rolling_window: int = Field(default=32, gt=1)
+    rolling: bool = True
+    #: value / threshold ratio when both fields are declared
+    ratio: tuple[str, str] | None = ("value", "valueThreshold")
+    time_of_day: bool = True
+
+
+class ModelConfig(_Section):
+    #: load this model version directory instead of fitting one
+    path: Path | None = None
+    #: fit the initial model on the first N events when no path is given
+    fit_on_first: int = Field(default=5_000, gt=10)
+    n_trees: int = Field(default=100, gt=0)
+    max_samples: int = Field(default=256, gt=1)
+    contamination: float = Field(default=0.01, gt=0.0, lt=0.5)
+    seed: int = 0
+
+
+class WindowsConfig(_Section):
+    size_s: float = Field(default=60.0, gt=0)
+    slide_s: float | None = Field(default=None, gt=0)
+    allowed_lateness_s: float = Field(default=10.0, ge=0)
+
+
+class LakeConfig(_Section):
+    path: Path = Path("lake")
+
+
+class ClusterConfig(_Section):
+    #: address of an existing Dask scheduler; None starts a LocalCluster
+    scheduler: str | None = None
+    n_workers: int = Field(default=2, gt=0)
+    threads_per_worker: int = Field(default=1, gt=0)
+    processes: bool = True
+    backend: Literal["cpu", "gpu"] = "cpu"
+    dashboard_address: str = "127.0.0.1:8787"
+
+
+class DashboardConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=5006, gt=0, lt=65536)
+    refresh_ms: int = Field(default=1000, ge=100)
+    history_s: int = Field(default=300, gt=0)
+
+
+class Config(_Section):
+    """Everything isostream needs to run."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    schema_: Schema = Field(default=STATION_ALARM, alias="schema")
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    windows: WindowsConfig = WindowsConfig()
+    lake: LakeConfig = LakeConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("features")
+    @classmethod
+    def _nonempty(cls, v: FeaturesConfig) -> FeaturesConfig:
+        if not v.numeric:
+            msg = "features.numeric must name at least one numeric field"
+            raise ValueError(msg)
+        return v
+
+    @property
+    def schema(self) -> Schema:  # type: ignore[override]
+        return self.schema_
+
+    def check_features_against_schema(self) -> None:
+        names = {f.name: f.type for f in self.schema_.fields}
+        wanted = list(self.features.numeric) + list(self.features.ratio or ())
+        for name in wanted:
+            if name not in names:
+                msg = f"features: field {name!r} is not declared in schema.fields ({sorted(names)})"
+                raise ConfigError(msg)
+            if names[name] not in ("int", "float", "bool"):
+                msg = f"features: field {name!r} has type {names[name]!r}; features must be numeric"
+                raise ConfigError(msg)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``ISOSTREAM__KAFKA__BOOTSTRAP=h:9092`` -> {"kafka": {"bootstrap": "h:9092"}} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join("schema" if str(p) == "schema_" else str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
+    """Validate a plain mapping into a :class:`Config`."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+    cfg.check_features_against_schema()
+    return cfg
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Load the YAML file at ``path`` (or defaults), apply env-var and explicit overrides, validate.
+
+    >>> load(overrides={"kafka": {"bootstrap": "127.0.0.1:19092"}}, environ={}).kafka.bootstrap
+    '127.0.0.1:19092'
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            msg = f"config file not found: {p}"
+            raise ConfigError(msg)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            msg = f"config file {p} is not valid YAML: {err}"
+            raise ConfigError(msg) from None
+        if not isinstance(loaded, dict):
+            msg = f"config file {p}: top level must be a mapping, got {type(loaded).__name__}"
+            raise ConfigError(msg)
+        data, source = loaded, str(p)
+    data = _merge(data, _env_overrides(dict(os.environ) if environ is None else environ))
+    data = _merge(data, overrides or {})
+    return from_dict(data, source=source)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with nested overrides applied and re-validated."""
+    return from_dict(_merge(cfg.model_dump(by_alias=True), overrides), source="overrides")
