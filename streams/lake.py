@@ -32,24 +32,34 @@ class LakeWriter:
     ('date=2026-11-24', 'part-p0-00000000000000000041-00000000000000000041.parquet')
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, time_field: str, compression: str = "zstd") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        time_field: str,
+        partition_col: str = "_partition",
+        offset_col: str = "_offset",
+        compression: str = "zstd",
+    ) -> None:
         self.root = Path(root)
+        self.partition_col = partition_col
+        self.offset_col = offset_col
         self.time_field = time_field
         self.compression = compression
         self.root.mkdir(parents=True, exist_ok=True)
 
     def write(self, frame: pd.DataFrame) -> list[Path]:
-        """Write ``frame`` (must carry ``_partition`` and ``_offset``); return the files written."""
+        """Write ``frame`` (must carry the partition and offset columns); return the files written."""
         if frame.empty:
             return []
-        missing = [c for c in (self.time_field, "_partition", "_offset") if c not in frame.columns]
+        missing = [c for c in (self.time_field, self.partition_col, self.offset_col) if c not in frame.columns]
         if missing:
             msg = f"lake: frame lacks required columns {missing}"
             raise LakeError(msg)
         dates = frame[self.time_field].dt.strftime("%Y-%m-%d")
         written = []
-        for (date, partition), part in frame.groupby([dates, frame["_partition"]], sort=True):
-            offsets = part["_offset"]
+        for (date, partition), part in frame.groupby([dates, frame[self.partition_col]], sort=True):
+            offsets = part[self.offset_col]
             name = f"part-p{int(partition)}-{int(offsets.min()):020d}-{int(offsets.max()):020d}.parquet"
             folder = self.root / f"date={date}"
             folder.mkdir(parents=True, exist_ok=True)
