@@ -80,6 +80,8 @@ class ModelConfig(_Section):
     max_samples: int = Field(default=256, gt=1)
     contamination: float = Field(default=0.01, gt=0.0, lt=0.5)
     seed: int = 0
+    #: where fitted model versions are saved (a registry folder); None = do not save
+    save_dir: Path | None = Path("models")
 
 
 class WindowsConfig(_Section):

@@ -1,0 +1,226 @@
+"""``isostream``: thin commands over the library. Options default from the config file and environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from engine.config import Config, ConfigError, load
+
+console = Console(stderr=True)
+
+EPILOG = """Configuration precedence: defaults < --config YAML < ISOSTREAM__SECTION__KEY env vars < flags.
+Docs: docs/configuration.md. Exit codes: 0 ok, 1 run failed, 2 bad usage or configuration."""
+
+
+def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if getattr(args, "bootstrap", None):
+        over.setdefault("kafka", {})["bootstrap"] = args.bootstrap
+    if getattr(args, "topic", None):
+        over.setdefault("kafka", {})["input_topic"] = args.topic
+    if getattr(args, "lake", None):
+        over.setdefault("lake", {})["path"] = args.lake
+    if getattr(args, "scheduler", None):
+        over.setdefault("cluster", {})["scheduler"] = args.scheduler
+    return over
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load(args.config, overrides=_common_overrides(args))
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
+    p.add_argument("--config", type=Path, help="YAML configuration file (see configs/demo.yaml)")
+    if kafka:
+        p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (kafka.bootstrap)")
+        p.add_argument("--topic", help="input topic (kafka.input_topic)")
+    p.add_argument("--lake", type=Path, help="Parquet lake folder (lake.path)")
+    p.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler (cluster.scheduler)")
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.cluster import dask_client
+    from engine.pipeline import Engine
+
+    cfg = _config(args)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.seconds:
+        threading.Timer(args.seconds, stop.set).start()
+    with dask_client(cfg.cluster) as client:
+        console.print(f"dask dashboard: {client.dashboard_link}")
+        engine = Engine(cfg, client)
+        engine.target_events = args.max_events
+        report = engine.run(stop)
+    console.print(
+        f"scored {report.events:,} events ({report.anomalies:,} anomalies, {report.dead_letters:,} dead letters)"
+        f" in {report.seconds:.1f}s; model {report.model_version}"
+    )
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.broker import create_topics
+    from streams.generator import GeneratorSettings
+    from streams.kafka_sink import KafkaSink
+    from streams.replay import frame_chunks, generated_chunks, read_events, replay
+
+    cfg = _config(args)
+    chunk = max(int((args.rate or 50_000) / 10), 1)
+    if args.file:
+        frame = read_events(args.file)
+        total, chunks = len(frame), frame_chunks(frame, chunk)
+    else:
+        total = args.generate
+        chunks = generated_chunks(total, chunk, GeneratorSettings(seed=args.seed))
+    if args.partitions:
+        create_topics(cfg.kafka.bootstrap, {cfg.kafka.input_topic: args.partitions},
+                      settings=cfg.kafka.client_settings())
+    sink = KafkaSink(cfg.kafka.client_settings(), cfg.kafka.input_topic)
+    with _progress() as bar:
+        task = bar.add_task(f"produce -> {cfg.kafka.input_topic}", total=total)
+        try:
+            sent = replay(chunks, sink, rate=args.rate, key_field=cfg.schema.key,
+                          progress=lambda n: bar.advance(task, n))
+        finally:
+            sink.close()
+    console.print(f"produced {sent:,} events to {cfg.kafka.input_topic!r} on {cfg.kafka.bootstrap}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from streams.generator import GeneratorSettings, StationAlarmGenerator
+
+    gen = StationAlarmGenerator(GeneratorSettings(seed=args.seed, anomaly_rate=args.anomaly_rate))
+    frame = gen.next_chunk(args.events)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    elif out.suffix in (".jsonl", ".json", ".ndjson"):
+        from streams.jsonl import to_json_lines
+
+        out.write_bytes(b"\n".join(to_json_lines(frame)) + b"\n")
+    else:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
+    console.print(f"wrote {len(frame):,} events ({int(frame['label'].sum()):,} labelled anomalies) to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import DemoOptions, run_demo
+
+    cfg = _config(args)
+    opts = DemoOptions(seconds=args.seconds, rate=args.rate, partitions=args.partitions,
+                       open_browser=not args.no_browser, dashboard=not args.no_dashboard)
+    return run_demo(cfg, opts)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboards.app import run_server
+
+    run_server(_config(args), open_browser=not args.no_browser)
+    return 0
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isostream",
+        description="Near-real-time anomaly detection on Kafka event streams (isolation forests on Dask).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the streaming engine against a Kafka cluster",
+                       description="Consume the input topic, score every event, write the lake and topics.")
+    _add_config_args(p)
+    p.add_argument("--seconds", type=float, help="stop (after draining) after this many seconds")
+    p.add_argument("--max-events", type=int, help="stop after this many input records")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("produce", help="replay a file or generated events into a topic at a given rate",
+                       description="Produce one JSON message per event (CSV, Parquet or JSON-lines file).")
+    _add_config_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", type=Path, help="CSV, Parquet or JSON-lines file to replay")
+    src.add_argument("--generate", type=int, metavar="N", help="generate N station-alarm events")
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--partitions", type=int, help="create the topic with this many partitions if missing")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("generate", help="write generated station-alarm events (labelled) to a file",
+                       description="Write N events with injected, labelled anomalies to CSV, Parquet or JSONL.")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--out", type=Path, required=True, help="output file (.parquet, .csv or .jsonl)")
+    p.add_argument("--anomaly-rate", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="broker + generator + engine + dashboard, end to end",
+                       description="Start the embedded broker, replay generated events, run the engine on a Dask "
+                       "LocalCluster and serve the dashboard. Ctrl-C stops everything (twice: at once).")
+    _add_config_args(p, kafka=False)
+    p.add_argument("--seconds", type=float, help="produce for this many seconds, drain, check the lake, exit")
+    p.add_argument("--rate", type=float, default=2_000.0, help="events per second (default 2000)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topic (default 4)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the Panel dashboard")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("dashboard", help="serve the live Panel dashboard for a running engine",
+                       description="Serve charts of the scores and stats topics on dashboard.host:port.")
+    _add_config_args(p)
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.set_defaults(func=cmd_dashboard)
+
+    try:
+        from training import evaluate
+    except ImportError:  # pragma: no cover - training is part of the package
+        evaluate = None
+    if evaluate is not None and hasattr(evaluate, "configure_parser"):
+        p = sub.add_parser("evaluate", help="ROC AUC / average precision of the detector on labelled data",
+                           description="Fit and score (batch) or learn prequentially (stream) on a labelled "
+                           "CSV/Parquet file; prints and writes AUC, AP, events/s and wall time.")
+        evaluate.configure_parser(p)
+        p.set_defaults(func=evaluate.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        console.print(f"[red]configuration error:[/] {err}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
