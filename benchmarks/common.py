@@ -1,0 +1,35 @@
+"""Result rows shared by every benchmark: ``{"name", "value", "unit", "baseline", "baseline_value", "ratio"}``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+
+def row(name: str, value: float, unit: str, baseline: str | None = None,
+        baseline_value: float | None = None, **extra: Any) -> dict[str, Any]:
+    """One result row; ``ratio`` = value / baseline_value (None without a baseline)."""
+    ratio = (value / baseline_value) if baseline_value else None
+    out = {"name": name, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
+           "ratio": ratio}
+    out.update(extra)
+    return out
+
+
+def write_results(path: str | Path, benchmark: str, rows: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
+    """Write the rows with the run's settings and machine facts; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": benchmark,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": settings,
+        "results": rows,
+    }
+    p.write_text(json.dumps(doc, indent=2))
+    return p
