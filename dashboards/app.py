@@ -52,9 +52,11 @@ ALARM = "#d62728"
 class Dashboard(pn.viewable.Viewer):
     """Throughput, score distribution, anomalies over time, recent alerts and KPIs for one browser session.
 
-    >>> from dashboards.state import LiveState
-    >>> view = Dashboard(LiveState({"bootstrap.servers": "unused:9092"}))
-    >>> view.refresh()  # pulls the (empty) shared snapshot; a served session does this every refresh_ms
+    >>> state = LiveState({"bootstrap.servers": "unused:9092"})
+    >>> view = Dashboard(state)  # draws the current snapshot
+    >>> state.ingest_scores([b'{"score": 0.8, "is_anomaly": true}'])
+    1
+    >>> view.refresh()  # what a served session does every refresh_ms; False when nothing changed
     True
     """
 
