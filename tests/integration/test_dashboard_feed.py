@@ -1,0 +1,71 @@
+"""The dashboard's one Kafka consumer against the real broker: late topics, bad records, failing handlers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+
+from dashboards.feed import KafkaFeed
+from dashboards.state import LiveState
+from engine.config import Topics
+from streams.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for v in values:
+        producer.produce(topic, v)
+    assert producer.flush(30) == 0
+
+
+def wait_until(check, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_topics_created_after_start_are_picked_up(broker: EmbeddedBroker) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topics = Topics(scores=f"late-scores-{tag}", stats=f"late-stats-{tag}", alerts=f"late-alerts-{tag}")
+    # the demo starts the dashboard before the engine has created its output topics
+    with LiveState({"bootstrap.servers": broker.bootstrap}, topics, history_s=60) as state:
+        time.sleep(1.5)
+        assert state.feed is not None and state.feed.assigned == set()
+        broker.create_topic(topics.scores, partitions=3)
+        broker.create_topic(topics.stats)
+        produce(broker.bootstrap, topics.scores, [json.dumps({"score": 0.1 * (i % 10)}).encode() for i in range(90)])
+        produce(broker.bootstrap, topics.stats, [json.dumps({"ts": time.time(), "events": 90}).encode()])
+        wait_until(lambda: state.snapshot().kpis.events == 90 and state.snapshot().scores_in_histogram == 90)
+        assert {(topics.scores, p) for p in range(3)} <= state.feed.assigned
+        assert state.snapshot().timeline["events"].sum() == 90  # placed by the records' Kafka timestamps
+    assert not state.running
+
+
+def test_a_failing_handler_is_counted_and_the_feed_keeps_reading(broker: EmbeddedBroker) -> None:
+    topic = f"feed-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic)
+    seen: list[bytes] = []
+
+    def handler(values: list[bytes], stamps: list[float]) -> None:
+        if b"boom" in values:
+            raise RuntimeError("handler bug")
+        seen.extend(values)
+
+    feed = KafkaFeed({"bootstrap.servers": broker.bootstrap}, {topic: handler})
+    feed.start()
+    try:
+        produce(broker.bootstrap, topic, [b"boom"])
+        wait_until(lambda: feed.errors == 1)
+        produce(broker.bootstrap, topic, [b"a", b"b"])
+        wait_until(lambda: seen == [b"a", b"b"])
+        assert feed.running
+    finally:
+        feed.stop()
+    assert not feed.running
