@@ -1,45 +1,50 @@
-"""Bulk decoding of JSON-lines micro-batches into columnar frames, with schema enforcement.
+"""Bulk decoding of JSON micro-batches into columnar frames, with schema enforcement.
 
-Fast path: one pyarrow JSON parse of the whole batch against the declared schema, then vectorised checks.
-Only when that parse fails (a malformed or mistyped record somewhere) are records checked one by one with the
-standard library, so clean batches keep pyarrow's speed and bad ones cost only the slower path. Every rejected
-record becomes a :class:`~streams.deadletter.DeadLetter`; good records are never affected by bad neighbours.
+Fast path: one pyarrow JSON parse of the whole batch (values joined by ``\\n``) against the declared schema,
+then vectorised checks. Cheap vectorised pre-checks first set aside messages that would break line framing
+(a raw newline inside, not one ``{...}`` object, bytes that are not UTF-8). When a bulk parse fails, the batch
+is bisected and each half parsed again, so one bad record costs a few extra parses of ever smaller parts and
+only a handful of records are ever read one by one. Every rejected record becomes a
+:class:`~streams.deadletter.DeadLetter`; good records are never affected by bad neighbours.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from streams.deadletter import DeadLetter, Reason
+from streams.decode_records import Part, parse_records
 from streams.records import RawBatch
 from streams.schema import ARROW_TYPES, Schema
+from streams.timestamps import numbers_to_ts, strings_to_ts
 
-TS_TYPE = pa.timestamp("us", tz="UTC")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-# epoch numbers below this are seconds, above it milliseconds (1e11 s is the year 5138; 1e11 ms is 1973)
-_AUTO_SECONDS_BELOW = 1e11
+#: below this many records a failing part is read record by record instead of bisected further
+LEAF_RECORDS = 32
+# ~512 KiB blocks let pyarrow parse one batch on several threads (measured best on 2 cores)
 _BLOCK_BYTES = 1 << 19
+_OPEN, _CLOSE = ord("{"), ord("}")
 
 
 class DecodeError(RuntimeError):
-    """Decoding cannot run at all (e.g. the GPU backend without cuDF); bad records never raise this."""
+    """Decoding cannot run at all (unknown backend, GPU without cuDF, bad schema default).
+
+    Bad records never raise this: they become dead letters.
+    """
 
 
 @dataclass
 class Decoded:
     """A decoded micro-batch: the good rows as a frame, and the rejected records."""
 
-    frame: pd.DataFrame
+    frame: Any  # pandas.DataFrame on the CPU backend, cudf.DataFrame on the GPU backend
     dead: list[DeadLetter]
 
     def __len__(self) -> int:
@@ -47,7 +52,15 @@ class Decoded:
 
 
 class Decoder:
-    """Decodes batches for one schema; remembers which parse layout worked last."""
+    """Decodes batches for one schema; remembers which event-time layout parsed last.
+
+    >>> from streams.schema import STATION_ALARM
+    >>> raw = RawBatch.from_values([b'{"station_id":"ST0001","datapoint_id":"ST0001-DP01",'
+    ...     b'"event_time":"2026-11-24T00:00:00.000Z","value":1.5,"valueThreshold":2.0}', b'{oops'])
+    >>> out = Decoder(STATION_ALARM).decode(raw)
+    >>> len(out.frame), [d.reason.value for d in out.dead]
+    (1, ['invalid_json'])
+    """
 
     def __init__(self, schema: Schema, backend: str = "cpu") -> None:
         if backend not in ("cpu", "gpu"):
@@ -56,9 +69,26 @@ class Decoder:
         self.schema = schema
         self.backend = backend
         self.ts_field = schema.event_time.field
-        unit = schema.event_time.unit
-        layouts = {"iso": ["string"], "s": ["number"], "ms": ["number"], "auto": ["string", "number"]}[unit]
-        self._layouts = [self._parse_schema(kind) for kind in layouts]
+        self.unit = schema.event_time.unit
+        kinds = {"iso": ["string"], "s": ["number"], "ms": ["number"], "auto": ["string", "number"]}[self.unit]
+        self._layouts = [self._parse_schema(kind) for kind in kinds]
+        # nullable everywhere: rows with nulls exist until validation has taken them out
+        self._out_schema = pa.schema([pa.field(f.name, f.type) for f in schema.arrow_schema()])
+        self._defaults: dict[str, pa.Scalar] = {}
+        for f in schema.fields:
+            if f.required or f.default is None:
+                continue
+            try:
+                if f.name == self.ts_field:
+                    col, bad = strings_to_ts(pa.array([str(f.default)]), self.unit)
+                    if bad.any():
+                        raise ValueError("not a timestamp")
+                    self._defaults[f.name] = col[0]
+                else:
+                    self._defaults[f.name] = pa.scalar(f.default, ARROW_TYPES[f.type])
+            except (ValueError, TypeError, pa.ArrowInvalid) as err:
+                msg = f"decode: default {f.default!r} of field {f.name!r} is not a {f.type}: {err}"
+                raise DecodeError(msg) from err
 
     def _parse_schema(self, ts_kind: str) -> pa.Schema:
         fields = []
@@ -71,205 +101,183 @@ class Decoder:
 
     # -- entry point -------------------------------------------------------------------------------------
     def decode(self, batch: RawBatch) -> Decoded:
-        """Decode ``batch``; bad records go to ``Decoded.dead`` with their reason."""
+        """Decode ``batch``; bad records go to ``Decoded.dead`` with their reason, in offset order."""
         dead: list[DeadLetter] = []
+        n = len(batch)
+        sizes = np.fromiter(map(len, batch.values), dtype=np.int64, count=n)
         limit = self.schema.max_message_bytes
-        sizes = np.array(list(map(len, batch.values)), dtype=np.int64)
-        keep = np.flatnonzero(sizes <= limit)
-        for i in np.flatnonzero(sizes > limit):
-            dead.append(self._dead(batch, int(i), Reason.OVERSIZE, f"{int(sizes[i])} bytes > max {limit}"))
-        table, rows = self._fast_parse(batch, keep)
-        if table is None:
-            table, rows = self._slow_parse(batch, keep, dead)
-        table, rows = self._validate(batch, table, rows, dead)
+        for i in np.flatnonzero(sizes > limit).tolist():
+            dead.append(_dead(batch, i, Reason.OVERSIZE, f"{int(sizes[i])} bytes > max_message_bytes {limit}"))
+        idx = np.flatnonzero(sizes <= limit)
+        parts: list[Part] = []
+        if len(idx):
+            values = batch.values if len(idx) == n else [batch.values[i] for i in idx.tolist()]
+            payload = b"\n".join(values)
+            suspect = _suspects(values, sizes[idx], payload)
+            if suspect.any():  # set aside, read one by one; the rest stays on the fast path
+                parts.append(parse_records(self, batch, idx[suspect], dead))
+                idx = idx[~suspect]
+                payload = b"\n".join(batch.values[i] for i in idx.tolist()) if len(idx) else b""
+            if len(idx):
+                self._parse_bulk(batch, idx, payload, parts, dead)
+        table, rows, bad_ts = _combine(parts, self._out_schema)
+        table, rows = self._validate(batch, table, rows, bad_ts, dead)
         dead.sort(key=lambda d: (d.partition, d.offset))
         return Decoded(self._to_frame(batch, table, rows), dead)
 
     # -- parsing -----------------------------------------------------------------------------------------
-    def _fast_parse(self, batch: RawBatch, keep: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
-        if len(keep) == 0:
-            return None, keep
-        values = batch.values if len(keep) == len(batch) else [batch.values[i] for i in keep]
-        payload = b"\n".join(values)
-        # ~512 KiB blocks let pyarrow parse a batch on several threads (measured best on 2 cores)
-        block = _BLOCK_BYTES
+    def _parse_bulk(self, batch: RawBatch, idx: np.ndarray, payload: bytes, parts: list[Part],
+                    dead: list[DeadLetter]) -> None:
+        table = self._read(payload, len(idx))
+        if table is not None:
+            parts.append(self._normalize(table, idx))
+        elif len(idx) <= LEAF_RECORDS:
+            parts.append(parse_records(self, batch, idx, dead))
+        else:  # bisect: the good half parses in bulk, the bad half splits again
+            for half in (idx[: len(idx) // 2], idx[len(idx) // 2 :]):
+                self._parse_bulk(batch, half, b"\n".join(batch.values[i] for i in half.tolist()), parts, dead)
+
+    def _read(self, payload: bytes, expected_rows: int) -> pa.Table | None:
         for i, layout in enumerate(self._layouts):
             try:
                 table = pajson.read_json(
                     io.BytesIO(payload),
-                    read_options=pajson.ReadOptions(use_threads=True, block_size=block),
-                    parse_options=pajson.ParseOptions(explicit_schema=layout, unexpected_field_behavior="ignore",
-                                                      newlines_in_values=False),
+                    read_options=pajson.ReadOptions(use_threads=True, block_size=_BLOCK_BYTES),
+                    parse_options=pajson.ParseOptions(explicit_schema=layout, unexpected_field_behavior="ignore"),
                 )
             except (pa.ArrowInvalid, UnicodeDecodeError):
                 continue
-            if table.num_rows != len(values):  # a message held several documents, or none
-                return None, keep
-            if i:  # try the layout that worked first next time
+            if table.num_rows != expected_rows:  # cannot happen after the pre-checks; be safe anyway
+                return None
+            if i:  # the layout that worked goes first next time (a topic rarely switches)
                 self._layouts.insert(0, self._layouts.pop(i))
-            return table.select(layout.names), keep
-        return None, keep
-
-    def _slow_parse(self, batch: RawBatch, keep: np.ndarray, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
-        columns: dict[str, list] = {f.name: [] for f in self.schema.fields}
-        good: list[int] = []
-        for i in keep.tolist():
-            raw = batch.values[i]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                dead.append(self._dead(batch, i, Reason.INVALID_ENCODING, str(err)))
-                continue
-            try:
-                doc = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as err:
-                dead.append(self._dead(batch, i, Reason.INVALID_JSON, str(err)))
-                continue
-            if not isinstance(doc, dict):
-                dead.append(self._dead(batch, i, Reason.WRONG_TYPE, f"record is a {type(doc).__name__}, not an object"))
-                continue
-            problem = self._check_types(doc)
-            if problem is not None:
-                dead.append(self._dead(batch, i, Reason.WRONG_TYPE, problem))
-                continue
-            for name, col in columns.items():
-                col.append(doc.get(name))
-            good.append(i)
-        arrays = {}
-        for f in self.schema.fields:
-            vals = columns[f.name]
-            if f.name == self.ts_field:
-                arrays[f.name] = pa.array(vals, pa.string()) if all(v is None or isinstance(v, str) for v in vals) \
-                    else pa.array([_ts_as_number(v) for v in vals], pa.float64()) if not any(
-                        isinstance(v, str) for v in vals) else pa.array([None if v is None else str(v) for v in vals])
-                # mixed strings and numbers in one batch: keep numbers as text and parse them per row below
-            else:
-                arrays[f.name] = pa.array([float(v) if f.type == "float" and v is not None else v for v in vals],
-                                          ARROW_TYPES[f.type])
-        return pa.table(arrays), np.asarray(good, dtype=np.int64)
-
-    def _check_types(self, doc: dict) -> str | None:
-        for f in self.schema.fields:
-            v = doc.get(f.name)
-            if v is None:
-                continue
-            if f.name == self.ts_field:
-                ok = isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
-            elif f.type == "string":
-                ok = isinstance(v, str)
-            elif f.type == "float":
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                    not isinstance(v, int) or abs(v) < 2**1023)
-            elif f.type == "int":
-                if isinstance(v, float) and v.is_integer():
-                    doc[f.name] = v = int(v)
-                ok = isinstance(v, int) and not isinstance(v, bool) and _INT64_MIN <= v <= _INT64_MAX
-            elif f.type == "bool":
-                ok = isinstance(v, bool)
-            else:
-                ok = False
-            if not ok:
-                shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
-                return f"field {f.name!r}: expected {f.type}, got {type(v).__name__} {shown}"
+            return table.select(layout.names)
         return None
 
+    def _normalize(self, table: pa.Table, rows: np.ndarray) -> Part:
+        """Event time to UTC timestamps; the mask of event times that were present but unreadable."""
+        col = table.column(self.ts_field).combine_chunks()
+        if pa.types.is_string(col.type):
+            ts, bad = strings_to_ts(col, self.unit)
+        else:
+            absent = col.is_null().to_numpy(zero_copy_only=False)
+            ts, bad = numbers_to_ts(col.fill_null(0.0).to_numpy(), self.unit, absent=absent)
+        table = table.set_column(table.schema.get_field_index(self.ts_field), self.ts_field, ts)
+        return Part(rows, table, bad)
+
     # -- validation ----------------------------------------------------------------------------------------
-    def _validate(self, batch: RawBatch, table: pa.Table, rows: np.ndarray, dead: list[DeadLetter]
-                  ) -> tuple[pa.Table, np.ndarray]:
+    def _validate(self, batch: RawBatch, table: pa.Table, rows: np.ndarray, bad_ts: np.ndarray,
+                  dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
         n = table.num_rows
         bad = np.zeros(n, dtype=bool)
-        reasons: list[tuple[np.ndarray, Reason, str]] = []
+        checks: list[tuple[np.ndarray, Reason, str]] = []
         columns = {}
         for f in self.schema.fields:
             col = table.column(f.name)
-            nulls = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(n, dtype=bool)
-            if f.required:
-                reasons.append((nulls, Reason.MISSING_FIELD, f"required field {f.name!r} is missing or null"))
-            elif col.null_count:
-                col = pc.fill_null(col, pa.scalar(f.default, ARROW_TYPES[f.type])) if f.default is not None else col
+            nulls = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else None
+            if nulls is not None and f.name == self.ts_field:  # unreadable times are nulled: not missing
+                nulls = nulls & ~bad_ts if (nulls & ~bad_ts).any() else None
+            if nulls is not None and f.required:
+                checks.append((nulls, Reason.MISSING_FIELD, f"required field {f.name!r} is missing or null"))
+            elif nulls is not None and f.name in self._defaults:
+                col = col.fill_null(self._defaults[f.name])
             if f.name == self.ts_field:
-                col, unparsed = self._timestamps(col)
-                reasons.append((unparsed & ~nulls, Reason.BAD_TIMESTAMP, f"field {f.name!r} is not a timestamp"))
+                checks.append((bad_ts, Reason.BAD_TIMESTAMP, f"field {f.name!r} is not a readable timestamp"))
             elif f.type == "float" and n:
-                finite = pc.is_finite(col).to_numpy(zero_copy_only=False)
-                reasons.append((~finite & ~nulls, Reason.NON_FINITE, f"field {f.name!r} is NaN or infinite"))
+                arr = col.to_numpy()
+                finite = np.isfinite(arr) if nulls is None else (np.isfinite(arr) | nulls)
+                checks.append((~finite, Reason.NON_FINITE, f"field {f.name!r} is NaN or infinite"))
             columns[f.name] = col
-        for mask, reason, detail in reasons:
+        for mask, reason, detail in checks:
             hit = mask & ~bad
-            for j in np.flatnonzero(hit):
-                dead.append(self._dead(batch, int(rows[j]), reason, detail))
+            for j in np.flatnonzero(hit).tolist():
+                dead.append(_dead(batch, int(rows[j]), reason, detail))
             bad |= hit
-        table = pa.table(columns)
+        table = pa.table(columns, schema=self._out_schema) if n else table
         if bad.any():
             keep = np.flatnonzero(~bad)
             table, rows = table.take(pa.array(keep)), rows[keep]
         return table, rows
 
-    def _timestamps(self, col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-        """Event times as UTC microseconds, and a mask of values that could not be read."""
-        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        if pa.types.is_floating(col.type):
-            secs = col.to_numpy(zero_copy_only=False).astype(np.float64)
-            unit = self.schema.event_time.unit
-            scale = np.where(np.abs(secs) < _AUTO_SECONDS_BELOW, 1e6, 1e3) if unit == "auto" else (
-                1e6 if unit == "s" else 1e3)
-            us = secs * scale
-            bad = ~np.isfinite(us) | (np.abs(us) > 9.2e18)
-            us[bad | np.isnan(us)] = 0
-            out = pa.array(us.astype(np.int64), TS_TYPE, mask=bad | np.isnan(secs))
-            return out, bad & ~np.isnan(secs)
-        try:
-            parsed = pc.cast(col, TS_TYPE)
-            return parsed, np.zeros(len(col), dtype=bool)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-        # slower but forgiving: ISO variants, and epoch numbers that arrived as text next to strings
-        text = pd.Series(col.to_pandas(), dtype=object)
-        numeric = pd.to_numeric(text, errors="coerce")
-        is_num = numeric.notna().to_numpy()
-        parsed = pd.to_datetime(text.where(~is_num), utc=True, errors="coerce", format="ISO8601").dt.as_unit("us")
-        if is_num.any():
-            nums = numeric[is_num].to_numpy(dtype=np.float64)
-            scale = np.where(np.abs(nums) < _AUTO_SECONDS_BELOW, 1e6, 1e3)
-            parsed[is_num] = pd.to_datetime((nums * scale).astype(np.int64), unit="us", utc=True)
-        out = pa.array(parsed, TS_TYPE)
-        bad = parsed.isna().to_numpy() & text.notna().to_numpy()
-        return out, bad
-
     # -- output --------------------------------------------------------------------------------------------
-    def _to_frame(self, batch: RawBatch, table: pa.Table, rows: np.ndarray) -> pd.DataFrame:
-        keys = batch.keys if len(rows) == len(batch) else [batch.keys[i] for i in rows.tolist()]
+    def _to_frame(self, batch: RawBatch, table: pa.Table, rows: np.ndarray) -> Any:
+        all_rows = len(rows) == len(batch)
+        keys = batch.keys if all_rows else [batch.keys[i] for i in rows.tolist()]
         try:
             key_col = pa.array(keys, pa.binary()).cast(pa.string())
         except pa.ArrowInvalid:  # a key that is not UTF-8: keep it readable rather than reject the event
             key_col = pa.array([k.decode("utf-8", "replace") if k is not None else None for k in keys], pa.string())
         meta = {
-            "_partition": pa.array(batch.partitions[rows].astype(np.int32)),
-            "_offset": pa.array(batch.offsets[rows].astype(np.int64)),
-            "_kafka_ts": pa.array(batch.timestamps_ms[rows].astype(np.int64)),
+            "_partition": pa.array(np.asarray(batch.partitions, dtype=np.int32)[rows]),
+            "_offset": pa.array(np.asarray(batch.offsets, dtype=np.int64)[rows]),
+            "_kafka_ts": pa.array(np.asarray(batch.timestamps_ms, dtype=np.int64)[rows]),
             "_key": key_col,
         }
         for name, arr in meta.items():
             table = table.append_column(name, arr)
         if self.backend == "gpu":
-            try:
-                import cudf
-            except ImportError as err:
-                msg = "decode: backend 'gpu' needs cuDF (install environment.yml); use backend 'cpu' here"
-                raise DecodeError(msg) from err
-            return cudf.DataFrame.from_arrow(table)
+            return _to_cudf(table)
         return table.to_pandas()
 
-    @staticmethod
-    def _dead(batch: RawBatch, i: int, reason: Reason, detail: str) -> DeadLetter:
-        return DeadLetter(reason, detail, batch.topic, int(batch.partitions[i]), int(batch.offsets[i]),
-                          batch.keys[i], batch.values[i])
+
+def _suspects(values: list[bytes], sizes: np.ndarray, payload: bytes) -> np.ndarray:
+    """Messages the bulk parse must not see: not one ``{...}`` object per line, or not UTF-8.
+
+    All checks run on the joined payload with numpy; per-message Python runs only when a check fires.
+    """
+    buf = np.frombuffer(payload, dtype=np.uint8)
+    starts = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1] + 1, out=starts[1:])
+    empty = sizes == 0
+    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(sizes), np.uint8)
+    last = buf[np.maximum(starts + sizes - 1, 0)] if len(buf) else first
+    suspect = empty | (first != _OPEN) | (last != _CLOSE)
+    # pyarrow splits lines on \n and \r: a message holding either would shift every later row
+    if payload.count(b"\n") != len(values) - 1 or b"\r" in payload:
+        suspect |= np.fromiter((b"\n" in v or b"\r" in v for v in values), dtype=bool, count=len(values))
+    if not payload.isascii():
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            suspect |= np.fromiter((not _is_utf8(v) for v in values), dtype=bool, count=len(values))
+    return suspect
 
 
-def _ts_as_number(v: object) -> float | None:
-    if v is None:
-        return None
-    return float(v) if not (isinstance(v, float) and math.isnan(v)) else math.nan
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _combine(parts: list[Part], schema: pa.Schema) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The parts as one table in batch order (bisection and set-aside records arrive out of order)."""
+    if not parts:
+        return schema.empty_table(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    if len(parts) == 1:
+        return parts[0].table, parts[0].rows, parts[0].bad_ts
+    table = pa.concat_tables([p.table.cast(schema) for p in parts])
+    rows = np.concatenate([p.rows for p in parts])
+    bad_ts = np.concatenate([p.bad_ts for p in parts])
+    order = np.argsort(rows, kind="stable")
+    if not (order == np.arange(len(order))).all():
+        table, rows, bad_ts = table.take(pa.array(order)), rows[order], bad_ts[order]
+    return table, rows, bad_ts
+
+
+def _dead(batch: RawBatch, i: int, reason: Reason, detail: str) -> DeadLetter:
+    return DeadLetter(reason, detail, batch.topic, int(batch.partitions[i]), int(batch.offsets[i]),
+                      batch.keys[i], batch.values[i])
+
+
+def _to_cudf(table: pa.Table) -> Any:
+    try:
+        import cudf
+    except ImportError as err:
+        msg = "decode: backend 'gpu' needs cuDF and an NVIDIA GPU (see environment.yml); use backend 'cpu'"
+        raise DecodeError(msg) from err
+    return cudf.DataFrame.from_arrow(table)
 
 
 @lru_cache(maxsize=32)
@@ -280,3 +288,8 @@ def _decoder(schema_json: str, backend: str) -> Decoder:
 def decode_batch(batch: RawBatch, schema: Schema, backend: str = "cpu") -> Decoded:
     """Decode one micro-batch against ``schema`` (a cached :class:`Decoder` per schema and backend)."""
     return _decoder(schema.model_dump_json(), backend).decode(batch)
+
+
+def empty_frame(schema: Schema) -> pd.DataFrame:
+    """A zero-row frame with the decoded columns and dtypes of ``schema``."""
+    return Decoder(schema).decode(RawBatch.from_values([])).frame
