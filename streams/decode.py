@@ -232,8 +232,10 @@ def _suspects(values: list[bytes], sizes: np.ndarray, payload: bytes) -> np.ndar
     first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(sizes), np.uint8)
     last = buf[np.maximum(starts + sizes - 1, 0)] if len(buf) else first
     suspect = empty | (first != _OPEN) | (last != _CLOSE)
-    # pyarrow splits lines on \n and \r: a message holding either would shift every later row
-    if payload.count(b"\n") != len(values) - 1 or b"\r" in payload:
+    # pyarrow splits lines on \n and \r: a message holding either would shift every later row (searching the
+    # values joined without separators is memchr-fast; counting newlines in the payload is 10x slower)
+    flat = b"".join(values)
+    if b"\n" in flat or b"\r" in flat:
         suspect |= np.fromiter((b"\n" in v or b"\r" in v for v in values), dtype=bool, count=len(values))
     if not payload.isascii():
         try:
