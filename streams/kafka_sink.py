@@ -60,16 +60,21 @@ class KafkaSink:
             else:
                 self.delivered += 1
 
-    def write(self, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None) -> None:
-        """Queue records for delivery (blocks, serving callbacks, while librdkafka's queue is full)."""
+    def write(self, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None,
+              partitions: Sequence[int] | None = None) -> None:
+        """Queue records for delivery (blocks, serving callbacks, while librdkafka's queue is full).
+
+        Without ``partitions`` the producer's partitioner places each record by its key.
+        """
         produce, cb, topic = self._producer.produce, self._on_delivery, self.topic
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else None
+            extra = {"partition": partitions[i]} if partitions is not None else {}
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=cb)
+                    produce(topic, value, key, on_delivery=cb, **extra)
                     break
-                except BufferError:
+                except BufferError:  # local queue full: let deliveries complete, then retry this record
                     self._producer.poll(0.05)
         self._producer.poll(0)
 
@@ -88,13 +93,24 @@ class KafkaSink:
 
     # -- transactions (exactly-once building blocks) ----------------------------------------------------
     def begin(self) -> None:
+        """Open a transaction (needs ``transactional_id``); records written until commit belong to it."""
+        self._require_transactional("begin")
         self._producer.begin_transaction()
 
-    def commit_transaction(self, offsets: dict[int, int] | None = None, group_metadata: Any = None,
+    def commit_transaction(self, offsets: dict[int, int] | None = None, group_metadata: Any = None, *,
                            input_topic: str | None = None, timeout_s: float = 30.0) -> None:
-        """Commit the open transaction, atomically with the consumer offsets when given."""
+        """Commit the open transaction, atomically with the consumer's ``partition -> next offset`` when given.
+
+        ``group_metadata`` is ``Consumer.consumer_group_metadata()`` of the consumer that read ``input_topic``.
+        Raises :class:`SinkError` if a record of the transaction failed; call :meth:`abort` then.
+        """
+        self._require_transactional("commit_transaction")
+        if offsets and (group_metadata is None or not input_topic):
+            msg = f"kafka sink {self.topic!r}: committing offsets {offsets} needs group_metadata and input_topic"
+            raise SinkError(msg)
+        self.flush(timeout_s)  # delivery errors surface here, before anything is committed
         try:
-            if offsets and group_metadata is not None and input_topic:
+            if offsets:
                 tps = [TopicPartition(input_topic, p, o) for p, o in offsets.items()]
                 self._producer.send_offsets_to_transaction(tps, group_metadata, timeout_s)
             self._producer.commit_transaction(timeout_s)
@@ -103,7 +119,16 @@ class KafkaSink:
             raise SinkError(msg) from err
 
     def abort(self, timeout_s: float = 30.0) -> None:
+        """Abort the open transaction: its records are never visible to ``read_committed`` consumers."""
+        self._require_transactional("abort")
+        with self._lock:
+            self._errors.clear()
         self._producer.abort_transaction(timeout_s)
+
+    def _require_transactional(self, what: str) -> None:
+        if not self.transactional:
+            msg = f"kafka sink {self.topic!r}: {what}() needs a sink created with transactional_id"
+            raise SinkError(msg)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush (raising on failures) and release the producer."""

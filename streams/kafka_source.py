@@ -11,11 +11,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streams.metrics import Metrics
 from streams.records import RawBatch
@@ -26,10 +35,14 @@ log = logging.getLogger(__name__)
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
-    "fetch.max.bytes": 64 * 1024 * 1024,
-    "max.partition.fetch.bytes": 16 * 1024 * 1024,
-    "queued.max.messages.kbytes": 512 * 1024,
-    "fetch.wait.max.ms": 50,
+    # librdkafka stops fetching a partition once its local queue passes queued.min.messages (default 100k)
+    # and then waits fetch.queue.backoff.ms (default 1 s) before fetching again: bulk consumers drain that
+    # queue in bursts and stall on the backoff. A deep queue with a short backoff measured 2.5-3x the
+    # default throughput against tansu (140k -> 350k msg/s on 2 cores); memory stays bounded by kbytes.
+    "queued.min.messages": 1_000_000,
+    "queued.max.messages.kbytes": 256 * 1024,
+    "fetch.queue.backoff.ms": 20,
+    "fetch.wait.max.ms": 10,
 }
 
 
@@ -124,24 +137,16 @@ class KafkaBatchSource:
                 break
         if not msgs:
             return None
-        good = [m for m in msgs if m.error() is None]
-        if len(good) != len(msgs):
+        if any(map(Message.error, msgs)):  # rare: partition EOF events or broker errors among the messages
             self._handle_errors([m for m in msgs if m.error() is not None])
-            if not good:
+            msgs = [m for m in msgs if m.error() is None]
+            if not msgs:
                 return None
-        values = [m.value() or b"" for m in good]  # a null value (tombstone) decodes as an invalid record
-        batch = RawBatch(
-            topic=self.topic,
-            values=values,
-            keys=[m.key() for m in good],
-            partitions=np.fromiter((m.partition() for m in good), dtype=np.int32, count=len(good)),
-            offsets=np.fromiter((m.offset() for m in good), dtype=np.int64, count=len(good)),
-            timestamps_ms=np.fromiter((m.timestamp()[1] for m in good), dtype=np.int64, count=len(good)),
-        )
+        batch = _to_batch(self.topic, msgs)
         self._position.update(batch.next_offsets())
         self.metrics.inc("source_batches")
         self.metrics.inc("source_records", len(batch))
-        self.metrics.inc("source_bytes", sum(map(len, values)))
+        self.metrics.inc("source_bytes", sum(map(len, batch.values)))
         return batch
 
     def _handle_errors(self, errored: list) -> None:
@@ -198,3 +203,19 @@ class KafkaBatchSource:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _to_batch(topic: str, msgs: list[Message]) -> RawBatch:
+    """Messages to flat lists and arrays; ``map`` over the unbound methods keeps Python frames out of the loop."""
+    n = len(msgs)
+    values = list(map(Message.value, msgs))
+    if None in values:  # a null value (tombstone) is an empty record: it decodes as invalid_json
+        values = [v if v is not None else b"" for v in values]
+    return RawBatch(
+        topic=topic,
+        values=values,
+        keys=list(map(Message.key, msgs)),
+        partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
+        offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
+        timestamps_ms=np.fromiter(map(itemgetter(1), map(Message.timestamp, msgs)), dtype=np.int64, count=n),
+    )
