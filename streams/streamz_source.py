@@ -79,6 +79,7 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         max_wait_ms: int = 200,
         max_in_flight: int = 4,
         backend: str = "cpu",
+        decode_threads: int = 2,
         commit: Literal["on_done", "manual"] = "on_done",
         dead_letters: DeadLetterSink | None = None,
         metrics: Metrics | None = None,
@@ -88,6 +89,9 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         if max_in_flight < 1:
             msg = f"from_kafka_columnar: max_in_flight must be >= 1, got {max_in_flight}"
             raise ValueError(msg)
+        if decode_threads < 1:
+            msg = f"from_kafka_columnar: decode_threads must be >= 1, got {decode_threads}"
+            raise ValueError(msg)
         if commit not in ("on_done", "manual"):
             msg = f"from_kafka_columnar: commit must be 'on_done' or 'manual', got {commit!r}"
             raise ValueError(msg)
@@ -96,7 +100,12 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
             KafkaBatchSource, settings, topic, group_id=group_id, partitions=partitions, subscribe=subscribe,
             max_messages=max_messages, max_wait_ms=max_wait_ms, start=start, metrics=self.metrics,
         )
-        self.decoder = Decoder(schema, backend)
+        # one decoder per decode thread (a decoder remembers the event-time layout that parsed last); with
+        # several threads each parses single-threaded: batches in parallel beat blocks in parallel on 2 cores
+        self._make_decoder = partial(Decoder, schema, backend, threads=decode_threads == 1)
+        Decoder(schema, backend)  # fail here, not in a thread, on a bad schema default or backend
+        self._decoders = threading.local()
+        self.decode_threads = decode_threads
         self.max_in_flight = max_in_flight
         self.commit_mode = commit
         self.dead_letters = dead_letters
@@ -116,7 +125,7 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         loop = asyncio.get_running_loop()
         self.closed.clear()
         poll_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
-        decode_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-decode")
+        decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="kafka-decode")
         self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
         pending: deque[asyncio.Future[ColumnarBatch]] = deque()
         polling: asyncio.Future[RawBatch | None] | None = None
@@ -159,7 +168,10 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
 
     def _decode(self, raw: RawBatch) -> ColumnarBatch:
         started = time.perf_counter()
-        decoded = self.decoder.decode(raw)
+        decoder = getattr(self._decoders, "decoder", None)
+        if decoder is None:
+            decoder = self._decoders.decoder = self._make_decoder()
+        decoded = decoder.decode(raw)
         for letter in decoded.dead:
             self.metrics.inc("dead_letters", reason=letter.reason.value)
         if decoded.dead and self.dead_letters is not None:
