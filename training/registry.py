@@ -1,10 +1,15 @@
-"""Model versions on disk without pickle: a directory of ``.npz`` arrays, JSON metadata and a checksum.
+"""Model versions on disk without pickle: a directory of arrays, JSON metadata and sha256 checksums.
 
 ```
 models/v20261124T101500-3fa2c1/
-  arrays.npz      the packed forest and the threshold window (np.savez, allow_pickle=False on load)
-  meta.json       features, parameters, training data range, metrics, parent version, sha256 of arrays.npz
+  arrays.npz   the packed forest, threshold histogram, window (np.savez; read with allow_pickle=False)
+  meta.json    format, version, parent, feature names, parameters, training data range, metrics, and
+               "sha256": {"arrays.npz": <hex of the file>, "meta": <hex of this JSON without "sha256">}
 ```
+
+A version is written to a hidden sibling directory and renamed into place, so a reader never sees half of
+one. Loading verifies both checksums before anything is parsed further: a truncated, edited or swapped file
+raises :class:`RegistryError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,14 +26,14 @@ import numpy as np
 
 ARRAYS = "arrays.npz"
 META = "meta.json"
-FORMAT = 1
+FORMAT = 2
 
 
 class RegistryError(RuntimeError):
     """A model version is missing, truncated, tampered with or of an unknown format."""
 
 
-def _sha256(path: Path) -> str:
+def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -35,23 +41,40 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save_version(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write one version directory atomically (a temporary sibling renamed into place)."""
+    """Write one version directory atomically; returns its path. ``meta`` must be JSON-serialisable."""
     final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for obj in arrays.values():
-        if np.asarray(obj).dtype == object:
-            msg = "registry: object arrays would need pickle; convert them to str or numbers first"
+    for name, arr in arrays.items():
+        if np.asarray(arr).dtype.hasobject:
+            msg = f"registry: array {name!r} holds Python objects, which would need pickle; store numbers or str"
             raise RegistryError(msg)
-    np.savez(tmp / ARRAYS, **arrays)
-    doc = {**meta, "format": FORMAT, "sha256": _sha256(tmp / ARRAYS)}
-    (tmp / META).write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
-    if final.exists():
-        for f in final.iterdir():
-            f.unlink()
-        final.rmdir()
-    os.replace(tmp, final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / ARRAYS, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        doc = {**meta, "format": FORMAT}
+        try:
+            doc["sha256"] = {ARRAYS: _file_sha256(tmp / ARRAYS), "meta": _meta_sha256(doc)}
+            text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            msg = f"registry: metadata is not plain JSON ({err})"
+            raise RegistryError(msg) from None
+        (tmp / META).write_text(text)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -60,20 +83,28 @@ def load_version(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
     p = Path(path)
     meta_path, arrays_path = p / META, p / ARRAYS
     if not meta_path.is_file() or not arrays_path.is_file():
-        msg = f"registry: {p} is not a model version (needs {META} and {ARRAYS})"
+        msg = f"registry: {p} is not a model version (it needs {META} and {ARRAYS})"
         raise RegistryError(msg)
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        msg = f"registry: {meta_path} is not valid JSON ({err}); the file is damaged"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        msg = f"registry: {meta_path} is not valid JSON ({err}); the file is damaged or truncated"
         raise RegistryError(msg) from None
-    if meta.get("format") != FORMAT:
-        msg = f"registry: {p} has format {meta.get('format')!r}, this isostream reads format {FORMAT}"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        msg = f"registry: {meta_path} has format {found!r}; this isostream reads format {FORMAT}"
         raise RegistryError(msg)
-    digest = _sha256(arrays_path)
-    if digest != meta.get("sha256"):
-        msg = f"registry: checksum mismatch for {arrays_path} (expected {meta.get('sha256')}, got {digest}): " \
-              "the file was modified or truncated"
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict):
+        msg = f"registry: {meta_path} carries no checksums"
+        raise RegistryError(msg)
+    if _meta_sha256(meta) != sums.get("meta"):
+        msg = f"registry: checksum mismatch for {meta_path}: the metadata was edited after it was saved"
+        raise RegistryError(msg)
+    digest = _file_sha256(arrays_path)
+    if digest != sums.get(ARRAYS):
+        msg = (f"registry: checksum mismatch for {arrays_path} (expected {sums.get(ARRAYS)}, got {digest}): "
+               "the file was modified or truncated")
         raise RegistryError(msg)
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
@@ -82,3 +113,11 @@ def load_version(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
         msg = f"registry: cannot read {arrays_path}: {err}"
         raise RegistryError(msg) from None
     return arrays, meta
+
+
+def list_versions(root: str | os.PathLike[str]) -> list[Path]:
+    """Version directories under ``root`` (those holding a meta.json), oldest first by name."""
+    r = Path(root)
+    if not r.is_dir():
+        return []
+    return sorted(d for d in r.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).is_file())

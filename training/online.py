@@ -1,0 +1,163 @@
+"""Online adaptation: a window of recent rows, and the renewal of the oldest trees after each micro-batch.
+
+After each micro-batch (scored first, with the model as it was), ``replace_fraction`` of the forest's trees —
+the oldest ones, round-robin — are regrown from the recent-data window with the compiled builder and written
+over their slots in place, so scoring never pauses and the forest is renewed every ``1 / replace_fraction``
+batches. When the drift detector fires, ``drift_boost`` times as many trees are renewed for
+``boost_batches`` batches, so the forest follows a shift within a few batches.
+
+The window is either *sliding* (the last ``window`` finite rows, a ring buffer: follows drift) or a
+*reservoir* (a uniform sample of everything seen, Vitter's algorithm R: for stationary streams where a burst
+must not take over the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from training.builder import build_forest
+from training.forest import PackedForest
+
+
+class OnlineError(ValueError):
+    """An online-adaptation setting is out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """How the forest follows the stream (see docs/model.md, "Online adaptation")."""
+
+    #: adapt at all; with False the forest stays as fitted (the threshold still tracks the scores)
+    enabled: bool = True
+    #: recent rows that new trees are grown on
+    window: int = 4096
+    window_kind: Literal["sliding", "reservoir"] = "sliding"
+    #: share of the trees renewed (oldest first) after each micro-batch; fractions carry over
+    replace_fraction: float = 0.02
+    #: renewal speed-up while drift is being followed ...
+    drift_boost: float = 10.0
+    #: ... for this many micro-batches after the detector fires
+    boost_batches: int = 5
+    #: the threshold's score histogram half-life, in events
+    threshold_half_life: float = 50_000.0
+    #: on drift, the old scores keep this share of their weight in the threshold
+    threshold_forget: float = 0.05
+    #: drift detector: CUSUM limit (in standard deviations of batch mean scores)
+    drift_h: float = 12.0
+    #: drift detector: alert-rate check, in binomial standard deviations over the target rate
+    drift_alert_z: float = 8.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("window", self.window >= 2, "an integer >= 2"),
+            ("window_kind", self.window_kind in ("sliding", "reservoir"), "'sliding' or 'reservoir'"),
+            ("replace_fraction", 0.0 <= self.replace_fraction <= 1.0, "in [0, 1]"),
+            ("drift_boost", self.drift_boost >= 1.0, ">= 1"),
+            ("boost_batches", self.boost_batches >= 0, ">= 0"),
+            ("threshold_half_life", self.threshold_half_life > 0, "> 0"),
+            ("threshold_forget", 0.0 <= self.threshold_forget <= 1.0, "in [0, 1]"),
+            ("drift_h", self.drift_h > 0, "> 0"),
+            ("drift_alert_z", self.drift_alert_z > 0, "> 0"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                msg = f"OnlineSettings.{name} must be {want}, got {getattr(self, name)!r}"
+                raise OnlineError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RecentWindow:
+    """The rows new trees are grown on: a sliding ring buffer or a uniform reservoir (order is irrelevant)."""
+
+    def __init__(self, capacity: int, n_features: int, kind: str = "sliding", seed: int = 0) -> None:
+        self.rows = np.zeros((capacity, n_features), dtype=np.float32)
+        self.kind = kind
+        self.filled = 0
+        self.seen = 0
+        self._pos = 0
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.filled
+
+    def add(self, X: np.ndarray) -> None:
+        """Add finite float32 rows (callers drop rows with NaN/inf first)."""
+        n, cap = len(X), len(self.rows)
+        if n == 0:
+            return
+        if self.kind == "sliding":
+            X = X[-cap:]
+            m = len(X)
+            end = self._pos + m
+            if end <= cap:
+                self.rows[self._pos:end] = X
+            else:
+                cut = cap - self._pos
+                self.rows[self._pos:] = X[:cut]
+                self.rows[: m - cut] = X[cut:]
+            self._pos = end % cap
+            self.filled = min(cap, self.filled + m)
+        else:
+            free = min(cap - self.filled, n)  # fill first, then algorithm R over the rest
+            self.rows[self.filled:self.filled + free] = X[:free]
+            self.filled += free
+            rest = X[free:]
+            if len(rest):
+                seen_before = self.seen + free + np.arange(1, len(rest) + 1)
+                j = (self._rng.random(len(rest)) * seen_before).astype(np.int64)  # uniform in [0, seen)
+                keep = j < cap
+                # duplicate targets: numpy keeps the last assignment, i.e. the later row, as algorithm R
+                self.rows[j[keep]] = rest[keep]
+        self.seen += n
+
+    def data(self) -> np.ndarray:
+        return self.rows[: self.filled]
+
+
+class TreeRenewal:
+    """Which trees to renew after a batch, and growing them (oldest first, with drift boost)."""
+
+    def __init__(self, settings: OnlineSettings, n_trees: int, seed: int) -> None:
+        self.settings = settings
+        self.n_trees = n_trees
+        self.seed = seed
+        self.next_tree = 0  # round-robin pointer: trees at and after it are the oldest
+        self.due = 0.0  # fractional trees carried to the next batch
+        self.boost_left = 0
+        self.grown = 0  # trees grown so far (seeds the builder)
+
+    def drifted(self) -> None:
+        self.boost_left = self.settings.boost_batches
+
+    def renew(self, forest: PackedForest, window: RecentWindow) -> int:
+        """Grow this batch's share of trees on the window and overwrite the oldest ones; returns how many."""
+        s = self.settings
+        boost = s.drift_boost if self.boost_left > 0 else 1.0
+        self.boost_left = max(0, self.boost_left - 1)
+        self.due += s.replace_fraction * boost * self.n_trees
+        k = min(int(self.due), self.n_trees)
+        if k == 0 or len(window) < forest.max_samples:  # too few rows for a psi-sample tree yet
+            self.due = min(self.due, float(self.n_trees))
+            return 0
+        self.due -= k
+        slots = (self.next_tree + np.arange(k)) % self.n_trees
+        new = build_forest(window.data(), n_trees=k, max_samples=forest.max_samples,
+                           seed=self.seed * 1_000_003 + self.grown)
+        forest.overwrite_trees(slots, new)
+        self.next_tree = int((self.next_tree + k) % self.n_trees)
+        self.grown += k
+        return k
+
+    def state(self) -> dict[str, Any]:
+        return {"next_tree": self.next_tree, "due": self.due, "boost_left": self.boost_left, "grown": self.grown}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_tree = int(state["next_tree"]) % max(self.n_trees, 1)
+        self.due = float(state["due"])
+        self.boost_left = int(state["boost_left"])
+        self.grown = int(state["grown"])
