@@ -156,13 +156,16 @@ class Detector:
 
     def _learn(self, X: np.ndarray, scores: np.ndarray, n_flagged: int) -> tuple[bool, int]:
         self.events_seen += len(X)
-        self.thresholder.update(scores)
         if not self.online.enabled:
+            self.thresholder.update(scores)
             return False, 0
         drift = self.drift.update(scores, alerts=n_flagged, contamination=self.thresholder.contamination)
         if drift:
             self.renewal.drifted()
+        if self.renewal.boost_left > 0:
+            # the forest is being renewed fast: only the latest scores describe the model as it now is
             self.thresholder.forget(self.online.threshold_forget)
+        self.thresholder.update(scores)
         X32 = X.astype(np.float32)
         finite = np.isfinite(X32).all(axis=1)
         self.window.add(X32 if finite.all() else X32[finite])
