@@ -46,6 +46,12 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: messages taken from librdkafka per ``consume`` call. Message objects are tracked by Python's cyclic GC;
+#: turning each small chunk into flat lists at once frees them before they reach older GC generations, whose
+#: collections walk the whole heap (measured: 20k-message calls cost ~25 % of the raw consume rate).
+CONSUME_CHUNK = 2_000
+
+
 class KafkaSourceError(RuntimeError):
     """The source cannot read: topic missing, broker unreachable, or a fatal consumer error."""
 
@@ -125,24 +131,25 @@ class KafkaBatchSource:
     def poll_batch(self) -> RawBatch | None:
         """The next micro-batch, or None if nothing arrived within ``max_wait_ms``."""
         deadline = time.monotonic() + self.max_wait_s
-        msgs: list = []
-        while len(msgs) < self.max_messages:
+        chunks: list[RawBatch] = []
+        n = 0
+        while n < self.max_messages:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            got = self._consumer.consume(num_messages=self.max_messages - len(msgs), timeout=left)
+            got = self._consumer.consume(num_messages=min(CONSUME_CHUNK, self.max_messages - n), timeout=left)
             if got:
-                msgs.extend(got)
-            elif msgs:  # something arrived and the fetch queue is drained: ship it now, latency matters
+                if any(map(Message.error, got)):  # rare: partition EOF events or broker errors
+                    self._handle_errors([m for m in got if m.error() is not None])
+                    got = [m for m in got if m.error() is None]
+                if got:
+                    chunks.append(_to_batch(self.topic, got))
+                    n += len(got)
+            elif n:  # something arrived and the fetch queue is drained: ship it now, latency matters
                 break
-        if not msgs:
+        if not n:
             return None
-        if any(map(Message.error, msgs)):  # rare: partition EOF events or broker errors among the messages
-            self._handle_errors([m for m in msgs if m.error() is not None])
-            msgs = [m for m in msgs if m.error() is None]
-            if not msgs:
-                return None
-        batch = _to_batch(self.topic, msgs)
+        batch = chunks[0] if len(chunks) == 1 else RawBatch.concat(chunks)
         self._position.update(batch.next_offsets())
         self.metrics.inc("source_batches")
         self.metrics.inc("source_records", len(batch))

@@ -35,6 +35,23 @@ class RawBatch:
         return out
 
     @classmethod
+    def concat(cls, batches: list[RawBatch]) -> RawBatch:
+        """One batch of several (same topic), in order."""
+        values: list[bytes] = []
+        keys: list[bytes | None] = []
+        for b in batches:
+            values += b.values
+            keys += b.keys
+        return cls(
+            topic=batches[0].topic,
+            values=values,
+            keys=keys,
+            partitions=np.concatenate([b.partitions for b in batches]),
+            offsets=np.concatenate([b.offsets for b in batches]),
+            timestamps_ms=np.concatenate([b.timestamps_ms for b in batches]),
+        )
+
+    @classmethod
     def from_values(cls, values: list[bytes], *, topic: str = "test", partition: int = 0, first_offset: int = 0,
                     keys: list[bytes | None] | None = None) -> RawBatch:
         """A batch of in-memory messages (tests, benchmarks, replays of files)."""
