@@ -28,6 +28,7 @@ import numpy as np
 from training.drift import DriftDetector
 from training.explain import attributions
 from training.forest import ForestError, PackedForest
+from training.gpu import CpuScorer, Scorer, make_scorer
 from training.online import OnlineSettings, RecentWindow, TreeRenewal
 from training.registry import RegistryError, load_version, save_version
 from training.threshold import StreamingThreshold
@@ -79,6 +80,14 @@ class Detector:
         self.renewal = TreeRenewal(self.online, forest.n_trees, seed)
         self.drift = DriftDetector(h=self.online.drift_h, alert_z=self.online.drift_alert_z)
         self.events_seen = 0
+        self.scorer: Scorer = CpuScorer(self.forest)
+
+    def use_backend(self, backend: str) -> None:
+        """Score on ``backend`` ("cpu", "cupy", "nvforest", "nvforest-cpu" or "auto"; see :mod:`training.gpu`).
+
+        Raises :class:`training.gpu.BackendUnavailable` naming what is missing when it cannot run here.
+        """
+        self.scorer = make_scorer(self.forest, backend)
 
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -141,13 +150,13 @@ class Detector:
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, X: np.ndarray) -> np.ndarray:
         """Paper scores in (0, 1] (higher = more anomalous), without learning."""
-        return self.forest.score(_as_matrix(X, self.feature_names))
+        return self.scorer.score(_as_matrix(X, self.feature_names))
 
     def score_batch(self, X: np.ndarray) -> ScoredBatch:
         """Prequential step: score with the model as it is, then learn from the batch (see the module doc)."""
         X = _as_matrix(X, self.feature_names)
         n = len(X)
-        scores = self.forest.score(X) if n else np.zeros(0)
+        scores = self.scorer.score(X) if n else np.zeros(0)
         thr = self.threshold
         flagged = scores > thr
         version = self.version
@@ -170,9 +179,10 @@ class Detector:
         finite = np.isfinite(X32).all(axis=1)
         self.window.add(X32 if finite.all() else X32[finite])
         renewed = self.renewal.renew(self.forest, self.window)
-        if renewed:
+        if len(renewed):
+            self.scorer.update(self.forest, renewed)
             self.updates += 1
-        return drift, renewed
+        return drift, len(renewed)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Whether each row scores above the current threshold (no learning)."""

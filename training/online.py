@@ -134,8 +134,8 @@ class TreeRenewal:
     def drifted(self) -> None:
         self.boost_left = self.settings.boost_batches
 
-    def renew(self, forest: PackedForest, window: RecentWindow) -> int:
-        """Grow this batch's share of trees on the window and overwrite the oldest ones; returns how many."""
+    def renew(self, forest: PackedForest, window: RecentWindow) -> np.ndarray:
+        """Grow this batch's share of trees on the window and overwrite the oldest ones; returns their slots."""
         s = self.settings
         boost = s.drift_boost if self.boost_left > 0 else 1.0
         self.boost_left = max(0, self.boost_left - 1)
@@ -143,7 +143,7 @@ class TreeRenewal:
         k = min(int(self.due), self.n_trees)
         if k == 0 or len(window) < forest.max_samples:  # too few rows for a psi-sample tree yet
             self.due = min(self.due, float(self.n_trees))
-            return 0
+            return np.zeros(0, dtype=np.int64)
         self.due -= k
         slots = (self.next_tree + np.arange(k)) % self.n_trees
         new = build_forest(window.data(), n_trees=k, max_samples=forest.max_samples,
@@ -151,7 +151,7 @@ class TreeRenewal:
         forest.overwrite_trees(slots, new)
         self.next_tree = int((self.next_tree + k) % self.n_trees)
         self.grown += k
-        return k
+        return slots
 
     def state(self) -> dict[str, Any]:
         return {"next_tree": self.next_tree, "due": self.due, "boost_left": self.boost_left, "grown": self.grown}

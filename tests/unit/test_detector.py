@@ -130,3 +130,21 @@ def test_save_load_round_trip_continues_identically(tmp_path, seed: int) -> None
     assert a.model_version == b.model_version
     # the window came back too, so both grow the same trees next
     np.testing.assert_array_equal(det.score(X[:200]), loaded.score(X[:200]))
+
+
+def test_scoring_backend_switch(seed: int) -> None:
+    from training.gpu import BackendUnavailable, gpu_unavailable_reason
+
+    X = _stream(seed)
+    det = Detector.fit(X[:2000], NAMES, n_trees=10, seed=seed, online=OnlineSettings(replace_fraction=0.3))
+    ref = Detector.fit(X[:2000], NAMES, n_trees=10, seed=seed, online=OnlineSettings(replace_fraction=0.3))
+    try:
+        det.use_backend("nvforest-cpu")
+    except BackendUnavailable as err:
+        pytest.skip(str(err))
+    for lo in (2000, 3000):  # the backend follows the renewed trees
+        a, b = det.score_batch(X[lo:lo + 1000]), ref.score_batch(X[lo:lo + 1000])
+        np.testing.assert_allclose(a.score, b.score, rtol=0, atol=5e-8)
+    if gpu_unavailable_reason() is not None:
+        with pytest.raises(BackendUnavailable, match="backend 'cupy': no"):
+            det.use_backend("cupy")

@@ -50,12 +50,12 @@ def test_renewal_rate_order_and_boost() -> None:
     w.add(rng.normal(size=(256, 3)).astype(np.float32))
     r = TreeRenewal(OnlineSettings(replace_fraction=0.05, drift_boost=6, boost_batches=2), 10, seed=0)
     before = forest.threshold.reshape(10, -1).copy()
-    assert [r.renew(forest, w) for _ in range(4)] == [0, 1, 0, 1]  # half a tree a batch, carried over
+    assert [len(r.renew(forest, w)) for _ in range(4)] == [0, 1, 0, 1]  # half a tree a batch, carried over
     after = forest.threshold.reshape(10, -1)
     changed = [t for t in range(10) if not np.array_equal(before[t], after[t])]
     assert changed == [0, 1]  # oldest first
     r.drifted()
-    assert [r.renew(forest, w) for _ in range(3)] == [3, 3, 0]
+    assert [r.renew(forest, w).tolist() for _ in range(3)] == [[2, 3, 4], [5, 6, 7], []]
 
 
 def test_renewal_waits_for_a_full_sample() -> None:
@@ -63,7 +63,7 @@ def test_renewal_waits_for_a_full_sample() -> None:
     forest = PackedForest.fit(rng.normal(size=(500, 3)), n_trees=4, max_samples=64, seed=0)
     w = RecentWindow(256, 3)
     w.add(rng.normal(size=(10, 3)).astype(np.float32))
-    assert TreeRenewal(OnlineSettings(replace_fraction=1.0), 4, seed=0).renew(forest, w) == 0
+    assert len(TreeRenewal(OnlineSettings(replace_fraction=1.0), 4, seed=0).renew(forest, w)) == 0
 
 
 def test_drift_detector_quiet_when_stationary_and_fast_on_shift() -> None:
