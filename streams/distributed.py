@@ -96,6 +96,7 @@ def consume_partitions(spec: ConsumerSpec, partitions: list[int], stop_event: st
 
 @dataclass
 class _Group:
+    key: str
     partitions: list[int]
     worker: str
     future: Future
@@ -144,7 +145,7 @@ class PartitionSupervisor:
         key = f"consume-{self.spec.topic}-{'.'.join(map(str, partitions))}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(consume_partitions, self.spec, partitions, self._stop_name, key, key=key,
                                     workers=[worker], allow_other_workers=False, pure=False)
-        return _Group(partitions, worker, future)
+        return _Group(key, partitions, worker, future)
 
     def start(self) -> dict[str, list[int]]:
         """Spread the partitions round-robin over the current workers; returns worker -> partitions."""
@@ -158,7 +159,7 @@ class PartitionSupervisor:
                 mine = parts[i :: len(workers)]
                 if mine:
                     group = self._submit(mine, worker)
-                    self.groups[group.future.key] = group
+                    self.groups[group.key] = group
         return self.assignment()
 
     def assignment(self) -> dict[str, list[int]]:
@@ -196,7 +197,7 @@ class PartitionSupervisor:
                 new = self._submit(g.partitions, target)
                 new.restarts, new.history = g.restarts + 1, [*g.history, g.worker]
                 del self.groups[key]
-                self.groups[new.future.key] = new
+                self.groups[new.key] = new
                 event = {"partitions": g.partitions, "from": g.worker, "to": target, "reason": reason,
                          "t": time.time()}
                 self.takeovers.append(event)

@@ -69,10 +69,12 @@ class KafkaSink:
         produce, cb, topic = self._producer.produce, self._on_delivery, self.topic
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else None
-            extra = {"partition": partitions[i]} if partitions is not None else {}
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=cb, **extra)
+                    if partitions is None:
+                        produce(topic, value, key, on_delivery=cb)
+                    else:
+                        produce(topic, value, key, partition=partitions[i], on_delivery=cb)
                     break
                 except BufferError:  # local queue full: let deliveries complete, then retry this record
                     self._producer.poll(0.05)
@@ -110,7 +112,7 @@ class KafkaSink:
             raise SinkError(msg)
         self.flush(timeout_s)  # delivery errors surface here, before anything is committed
         try:
-            if offsets:
+            if offsets and input_topic:
                 tps = [TopicPartition(input_topic, p, o) for p, o in offsets.items()]
                 self._producer.send_offsets_to_transaction(tps, group_metadata, timeout_s)
             self._producer.commit_transaction(timeout_s)

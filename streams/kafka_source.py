@@ -216,9 +216,9 @@ class KafkaBatchSource:
 def _to_batch(topic: str, msgs: list[Message]) -> RawBatch:
     """Messages to flat lists and arrays; ``map`` over the unbound methods keeps Python frames out of the loop."""
     n = len(msgs)
-    values = list(map(Message.value, msgs))
-    if None in values:  # a null value (tombstone) is an empty record: it decodes as invalid_json
-        values = [v if v is not None else b"" for v in values]
+    got: list[bytes | None] = list(map(Message.value, msgs))
+    # a null value (tombstone) is an empty record: it decodes as invalid_json
+    values: list[bytes] = [v if v is not None else b"" for v in got] if None in got else got  # type: ignore[assignment]
     return RawBatch(
         topic=topic,
         values=values,

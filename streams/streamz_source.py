@@ -118,6 +118,7 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         self._next_commit = 0
         self._lag_at = 0.0
         self._commit_pool: ThreadPoolExecutor | None = None
+        self.stopped: bool = True
         super().__init__(**kwargs)
 
     # -- the loop --------------------------------------------------------------------------------------
