@@ -169,19 +169,26 @@ class Detector:
             self.thresholder.update(scores)
             return False, 0
         drift = self.drift.update(scores, alerts=n_flagged, contamination=self.thresholder.contamination)
-        if drift:
-            self.renewal.drifted()
-        if self.renewal.boost_left > 0:
-            # the forest is being renewed fast: only the latest scores describe the model as it now is
-            self.thresholder.forget(self.online.threshold_forget)
-        self.thresholder.update(scores)
         X32 = X.astype(np.float32)
         finite = np.isfinite(X32).all(axis=1)
-        self.window.add(X32 if finite.all() else X32[finite])
+        rows = X32 if finite.all() else X32[finite]
+        if drift:
+            self.renewal.drifted()
+            if self.online.drift_reset_window:
+                self.window.clear()
+        else:
+            self.thresholder.update(scores)
+        self.window.add(rows)
         renewed = self.renewal.renew(self.forest, self.window)
         if len(renewed):
             self.scorer.update(self.forest, renewed)
             self.updates += 1
+        if drift:
+            # the batch's scores came from the old regime's model: calibrate on the renewed model instead,
+            # as fit does, so the alert rate is right from the next batch on
+            recal = self.scorer.score(rows) if len(renewed) and len(rows) else scores
+            self.thresholder.forget(self.online.threshold_forget)
+            self.thresholder.update(recal)
         return drift, len(renewed)
 
     def predict(self, X: np.ndarray) -> np.ndarray:

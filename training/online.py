@@ -3,8 +3,10 @@
 After each micro-batch (scored first, with the model as it was), ``replace_fraction`` of the forest's trees —
 the oldest ones, round-robin — are regrown from the recent-data window with the compiled builder and written
 over their slots in place, so scoring never pauses and the forest is renewed every ``1 / replace_fraction``
-batches. When the drift detector fires, ``drift_boost`` times as many trees are renewed for
-``boost_batches`` batches, so the forest follows a shift within a few batches.
+batches. When the drift detector fires on a batch, the window restarts from that batch (the old regime's rows
+would only blur the new one), ``drift_renew_fraction`` of the trees are regrown from it at once, and
+``drift_boost`` times the usual share is renewed for the next ``boost_batches`` batches while the window
+fills with the new regime — the forest has moved after one batch and is diverse again after a few.
 
 The window is either *sliding* (the last ``window`` finite rows, a ring buffer: follows drift) or a
 *reservoir* (a uniform sample of everything seen, Vitter's algorithm R: for stationary streams where a burst
@@ -37,13 +39,17 @@ class OnlineSettings:
     window_kind: Literal["sliding", "reservoir"] = "sliding"
     #: share of the trees renewed (oldest first) after each micro-batch; fractions carry over
     replace_fraction: float = 0.02
+    #: on drift: restart the window from the drifted batch, and regrow this share of the trees from it at once
+    drift_reset_window: bool = True
+    drift_renew_fraction: float = 1.0
     #: renewal speed-up while drift is being followed ...
     drift_boost: float = 10.0
     #: ... for this many micro-batches after the detector fires
     boost_batches: int = 5
     #: the threshold's score histogram half-life, in events
     threshold_half_life: float = 50_000.0
-    #: on drift, the old scores keep this share of their weight in the threshold
+    #: on drift, the old scores keep this share of their weight in the threshold (which is then recalibrated
+    #: on the drifted batch as scored by the renewed forest)
     threshold_forget: float = 0.05
     #: drift detector: CUSUM limit (in standard deviations of batch mean scores)
     drift_h: float = 12.0
@@ -55,6 +61,7 @@ class OnlineSettings:
             ("window", self.window >= 2, "an integer >= 2"),
             ("window_kind", self.window_kind in ("sliding", "reservoir"), "'sliding' or 'reservoir'"),
             ("replace_fraction", 0.0 <= self.replace_fraction <= 1.0, "in [0, 1]"),
+            ("drift_renew_fraction", 0.0 <= self.drift_renew_fraction <= 1.0, "in [0, 1]"),
             ("drift_boost", self.drift_boost >= 1.0, ">= 1"),
             ("boost_batches", self.boost_batches >= 0, ">= 0"),
             ("threshold_half_life", self.threshold_half_life > 0, "> 0"),
@@ -118,6 +125,11 @@ class RecentWindow:
     def data(self) -> np.ndarray:
         return self.rows[: self.filled]
 
+    def clear(self) -> None:
+        """Forget the rows (after drift); ``seen`` keeps counting."""
+        self.filled = 0
+        self._pos = 0
+
 
 class TreeRenewal:
     """Which trees to renew after a batch, and growing them (oldest first, with drift boost)."""
@@ -129,10 +141,12 @@ class TreeRenewal:
         self.next_tree = 0  # round-robin pointer: trees at and after it are the oldest
         self.due = 0.0  # fractional trees carried to the next batch
         self.boost_left = 0
+        self.pending = 0  # trees to regrow at once because of drift
         self.grown = 0  # trees grown so far (seeds the builder)
 
     def drifted(self) -> None:
         self.boost_left = self.settings.boost_batches
+        self.pending = int(np.ceil(self.settings.drift_renew_fraction * self.n_trees))
 
     def renew(self, forest: PackedForest, window: RecentWindow) -> np.ndarray:
         """Grow this batch's share of trees on the window and overwrite the oldest ones; returns their slots."""
@@ -140,11 +154,12 @@ class TreeRenewal:
         boost = s.drift_boost if self.boost_left > 0 else 1.0
         self.boost_left = max(0, self.boost_left - 1)
         self.due += s.replace_fraction * boost * self.n_trees
-        k = min(int(self.due), self.n_trees)
+        k = min(max(int(self.due), self.pending), self.n_trees)
         if k == 0 or len(window) < forest.max_samples:  # too few rows for a psi-sample tree yet
             self.due = min(self.due, float(self.n_trees))
             return np.zeros(0, dtype=np.int64)
-        self.due -= k
+        self.due = max(self.due - k, 0.0)
+        self.pending = 0
         slots = (self.next_tree + np.arange(k)) % self.n_trees
         new = build_forest(window.data(), n_trees=k, max_samples=forest.max_samples,
                            seed=self.seed * 1_000_003 + self.grown)
@@ -154,10 +169,12 @@ class TreeRenewal:
         return slots
 
     def state(self) -> dict[str, Any]:
-        return {"next_tree": self.next_tree, "due": self.due, "boost_left": self.boost_left, "grown": self.grown}
+        return {"next_tree": self.next_tree, "due": self.due, "boost_left": self.boost_left, "grown": self.grown,
+                "pending": self.pending}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.next_tree = int(state["next_tree"]) % max(self.n_trees, 1)
         self.due = float(state["due"])
         self.boost_left = int(state["boost_left"])
         self.grown = int(state["grown"])
+        self.pending = int(state.get("pending", 0))

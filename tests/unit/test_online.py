@@ -48,7 +48,8 @@ def test_renewal_rate_order_and_boost() -> None:
     forest = PackedForest.fit(rng.normal(size=(500, 3)), n_trees=10, max_samples=64, seed=0)
     w = RecentWindow(256, 3)
     w.add(rng.normal(size=(256, 3)).astype(np.float32))
-    r = TreeRenewal(OnlineSettings(replace_fraction=0.05, drift_boost=6, boost_batches=2), 10, seed=0)
+    r = TreeRenewal(OnlineSettings(replace_fraction=0.05, drift_boost=6, boost_batches=2, drift_renew_fraction=0.0),
+                    10, seed=0)
     before = forest.threshold.reshape(10, -1).copy()
     assert [len(r.renew(forest, w)) for _ in range(4)] == [0, 1, 0, 1]  # half a tree a batch, carried over
     after = forest.threshold.reshape(10, -1)
@@ -56,6 +57,9 @@ def test_renewal_rate_order_and_boost() -> None:
     assert changed == [0, 1]  # oldest first
     r.drifted()
     assert [r.renew(forest, w).tolist() for _ in range(3)] == [[2, 3, 4], [5, 6, 7], []]
+    now = TreeRenewal(OnlineSettings(replace_fraction=0.05, drift_renew_fraction=0.6), 10, seed=0)
+    now.drifted()
+    assert len(now.renew(forest, w)) == 6  # regrown at once from the drifted batch
 
 
 def test_renewal_waits_for_a_full_sample() -> None:
@@ -108,5 +112,8 @@ def test_detector_follows_a_level_shift(seed: int) -> None:
     auc_on = roc_auc_score(y_late, np.concatenate([r.score for r in res_on[39:]]))
     auc_off = roc_auc_score(y_late, np.concatenate([r.score for r in res_off[39:]]))
     assert auc_on > 0.95 and auc_on > auc_off + 0.05
-    rate = np.mean(np.concatenate([r.is_anomaly for r in res_on[39:]]))
-    assert 0.002 < rate < 0.03  # neither stuck high nor silent
+    # the shift batch itself is all alerts (it was scored by the old regime's model); from the next batch on,
+    # the renewed forest and recalibrated threshold flag near the target rate: neither stuck high nor silent
+    shift = next(i for i, r in enumerate(res_on) if r.drift)
+    assert res_on[shift].is_anomaly.mean() > 0.9
+    assert all(0.0 < r.is_anomaly.mean() < 0.04 for r in res_on[shift + 1:])
