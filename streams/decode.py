@@ -292,6 +292,10 @@ def _to_cudf(table: pa.Table) -> Any:
     except ImportError as err:
         msg = "decode: backend 'gpu' needs cuDF and an NVIDIA GPU (see environment.yml); use backend 'cpu'"
         raise DecodeError(msg) from err
+    # cuDF's timezone support is partial: hand it naive microseconds, which are UTC by construction
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type) and f.type.tz is not None:
+            table = table.set_column(i, f.name, table.column(i).cast(pa.timestamp(f.type.unit)))
     return cudf.DataFrame.from_arrow(table)
 
 
