@@ -56,18 +56,11 @@ def _draw_rows(n, psi, perm, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _grow(X, n_trees, psi, height, seed):  # pragma: no cover - compiled
+def _grow(X, slots, psi, height, seed, cap, feature, threshold, left, right, nan_left, leaf_value,
+          n_node):  # pragma: no cover - compiled
+    """Grow one tree into each slot ``s`` of the node arrays (nodes ``s * cap`` onwards), in place."""
     np.random.seed(seed)
     n, d = X.shape
-    cap = 2 * psi - 1  # a binary tree with psi leaves at most
-    size = n_trees * cap
-    feature = np.full(size, -1, dtype=np.int32)
-    threshold = np.zeros(size)
-    left = np.full(size, -1, dtype=np.int32)
-    right = np.full(size, -1, dtype=np.int32)
-    nan_left = np.zeros(size, dtype=np.uint8)
-    leaf_value = np.zeros(size)
-    n_node = np.zeros(size, dtype=np.int64)
     rows = np.empty(psi, dtype=np.int64)
     perm = np.arange(n) if n <= 16 * psi else np.empty(0, dtype=np.int64)
     feats = np.arange(d)
@@ -76,9 +69,16 @@ def _grow(X, n_trees, psi, height, seed):  # pragma: no cover - compiled
     st_b = np.empty(height + 2, dtype=np.int64)
     st_d = np.empty(height + 2, dtype=np.int64)
     st_k = np.empty(height + 2, dtype=np.int64)
-    for t in range(n_trees):
+    for s in slots:
+        base = s * cap
+        feature[base:base + cap] = -1  # every node a leaf until split; unused ones stay unreachable leaves
+        threshold[base:base + cap] = 0.0
+        left[base:base + cap] = -1
+        right[base:base + cap] = -1
+        nan_left[base:base + cap] = 0
+        leaf_value[base:base + cap] = 0.0
+        n_node[base:base + cap] = 0
         _draw_rows(n, psi, perm, rows)
-        base = t * cap
         nxt = base + 1
         st_a[0], st_b[0], st_d[0], st_k[0] = 0, psi, 0, base
         top = 1
@@ -125,7 +125,6 @@ def _grow(X, n_trees, psi, height, seed):  # pragma: no cover - compiled
                         break
             if not split:
                 leaf_value[k] = depth + _c(m)
-    return feature, threshold, left, right, nan_left, leaf_value, n_node
 
 
 def build_forest(X: np.ndarray, *, n_trees: int = 100, max_samples: int = 256, seed: int = 0) -> PackedForest:
@@ -146,8 +145,25 @@ def build_forest(X: np.ndarray, *, n_trees: int = 100, max_samples: int = 256, s
         msg = "build_forest: X holds NaN or infinite values (or values beyond float32); drop those rows first"
         raise ForestError(msg)
     psi = int(min(max_samples, len(X32)))
-    arrays = _grow(X32, int(n_trees), psi, height_limit(psi), int(seed) % (2**32))
-    names = ("feature", "threshold", "left", "right", "nan_left", "leaf_value", "n_node_samples")
-    offsets = np.arange(n_trees + 1, dtype=np.int64) * (2 * psi - 1)
-    return PackedForest(**dict(zip(names, arrays, strict=True)), tree_offset=offsets, max_samples=psi,
-                        n_features=X32.shape[1])
+    cap = 2 * psi - 1  # a binary tree with psi leaves at most
+    size = n_trees * cap
+    arrays = {"feature": np.empty(size, np.int32), "threshold": np.empty(size), "left": np.empty(size, np.int32),
+              "right": np.empty(size, np.int32), "nan_left": np.empty(size, np.uint8),
+              "leaf_value": np.empty(size), "n_node_samples": np.empty(size, np.int64)}
+    _grow(X32, np.arange(n_trees, dtype=np.int64), psi, height_limit(psi), int(seed) % (2**32), cap,
+          *arrays.values())
+    offsets = np.arange(n_trees + 1, dtype=np.int64) * cap
+    return PackedForest(**arrays, tree_offset=offsets, max_samples=psi, n_features=X32.shape[1])
+
+
+def grow_in_place(forest: PackedForest, X32: np.ndarray, slots: np.ndarray, seed: int) -> None:
+    """Regrow trees ``slots`` of a slotted forest (slot = 2 psi - 1) on the rows of ``X32``, in place.
+
+    The online hot path: no intermediate forest, no validation — ``X32`` must be C-contiguous float32, finite,
+    with at least psi rows (the detector's window guarantees all three).
+    """
+    psi = forest.max_samples
+    slots = np.asarray(slots, dtype=np.int64)
+    _grow(X32, slots, psi, height_limit(psi), int(seed) % (2**32), 2 * psi - 1, forest.feature, forest.threshold,
+          forest.left, forest.right, forest.nan_left, forest.leaf_value, forest.n_node_samples)
+    forest._refresh_dense(slots)

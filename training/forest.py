@@ -282,14 +282,20 @@ class PackedForest:
             dst[indices, :size] = src
             if size < cap:  # pad: unreachable leaves
                 dst[indices, size:] = -1 if name in ("feature", "left", "right") else 0
+        self._refresh_dense(indices)
+
+    def _refresh_dense(self, trees: np.ndarray) -> None:
+        """Re-derive the fast kernel's copy of ``trees`` after their nodes changed in place (slotted forests)."""
         dense = self.__dict__.get("_dense")
-        if dense is not None:  # refresh the fast kernel's copy of these trees only
-            height, thr32, arrays = dense
-            for t in indices:
-                a = int(t) * cap
-                thr32[a:a + cap] = K.float32_floor(self.threshold[a:a + cap])
-            K.densify(self.feature, thr32, self.nan_left, self.left, self.right, self.leaf_value,
-                      self.tree_offset, indices, height, *arrays)
+        cap = self.slot
+        if dense is None or cap is None:
+            return
+        height, thr32, arrays = dense
+        for t in trees:
+            a = int(t) * cap
+            thr32[a:a + cap] = K.float32_floor(self.threshold[a:a + cap])
+        K.densify(self.feature, thr32, self.nan_left, self.left, self.right, self.leaf_value, self.tree_offset,
+                  np.asarray(trees, dtype=np.int64), height, *arrays)
 
     def _check_compatible(self, indices: Sequence[int] | np.ndarray, new: PackedForest) -> None:
         if len(indices) != new.n_trees:

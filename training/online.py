@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from training.builder import build_forest
+from training.builder import build_forest, grow_in_place
 from training.forest import PackedForest
 
 
@@ -161,9 +161,12 @@ class TreeRenewal:
         self.due = max(self.due - k, 0.0)
         self.pending = 0
         slots = (self.next_tree + np.arange(k)) % self.n_trees
-        new = build_forest(window.data(), n_trees=k, max_samples=forest.max_samples,
-                           seed=self.seed * 1_000_003 + self.grown)
-        forest.overwrite_trees(slots, new)
+        seed = self.seed * 1_000_003 + self.grown
+        if forest.slot == 2 * forest.max_samples - 1:  # grow straight into the slots
+            grow_in_place(forest, window.data(), slots, seed)
+        else:
+            forest.overwrite_trees(slots, build_forest(window.data(), n_trees=k, max_samples=forest.max_samples,
+                                                       seed=seed))
         self.next_tree = int((self.next_tree + k) % self.n_trees)
         self.grown += k
         return slots
