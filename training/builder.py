@@ -147,7 +147,7 @@ def build_forest(X: np.ndarray, *, n_trees: int = 100, max_samples: int = 256, s
     psi = int(min(max_samples, len(X32)))
     cap = 2 * psi - 1  # a binary tree with psi leaves at most
     size = n_trees * cap
-    arrays = {"feature": np.empty(size, np.int32), "threshold": np.empty(size), "left": np.empty(size, np.int32),
+    arrays: dict[str, np.ndarray] = {"feature": np.empty(size, np.int32), "threshold": np.empty(size), "left": np.empty(size, np.int32),
               "right": np.empty(size, np.int32), "nan_left": np.empty(size, np.uint8),
               "leaf_value": np.empty(size), "n_node_samples": np.empty(size, np.int64)}
     _grow(X32, np.arange(n_trees, dtype=np.int64), psi, height_limit(psi), int(seed) % (2**32), cap,

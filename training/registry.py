@@ -59,7 +59,7 @@ def save_version(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], me
     tmp.mkdir()
     try:
         with open(tmp / ARRAYS, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
             fh.flush()
             os.fsync(fh.fileno())
         doc = {**meta, "format": FORMAT}
