@@ -82,6 +82,10 @@ class Engine:
             max_messages=cfg.kafka.max_batch_messages, max_wait_ms=cfg.kafka.max_batch_wait_ms,
         )
         self._done: queue.Queue[tuple[dict[int, int], Decoded]] = queue.Queue()
+        # the poller thread owns the consumer: a librdkafka call from a second thread stalled behind consume()
+        # for the whole run here, so durable offsets are handed over and committed between polls
+        self._to_commit: queue.Queue[dict[int, int]] = queue.Queue()
+        self._lag = 0
         self._pending: list[tuple[dict[int, int], Decoded, np.ndarray]] = []
         self._emitted = 0
         self._processed = 0
@@ -109,10 +113,23 @@ class Engine:
         )
         return source
 
+    def _commit_ready(self) -> None:
+        """Commit the offsets of every batch whose outputs are durable (merged: the latest per partition)."""
+        merged: dict[int, int] = {}
+        while True:
+            try:
+                merged.update(self._to_commit.get_nowait())
+            except queue.Empty:
+                break
+        if merged:
+            self.source.commit(merged)
+
     def _poll_loop(self, stream: Stream, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
+                self._commit_ready()
                 raw = self.source.poll_batch()
+                self._lag = sum(self.source.lag().values())
                 if raw is None or len(raw) == 0:
                     continue
                 self.metrics.inc("batches_polled")
@@ -177,14 +194,14 @@ class Engine:
             self.metrics.inc("events", len(frame))
             self.metrics.inc("anomalies", n_anom)
             elapsed = max(time.monotonic() - started, 1e-6)
-            lag = sum(self.source.lag().values())
+            lag = self._lag
             self.metrics.set_gauge("lag", lag)
             self.stats_sink.write([
                 stats_record(scored, dead_letters=len(decoded.dead), lag=lag, batch_latency_s=elapsed,
                              events_per_s=self._rate(len(frame)))
             ])
         # the outputs above are durable (fsync'd files, acknowledged records): only now move the offsets
-        self.source.commit(offsets)
+        self._to_commit.put(offsets)
         self.report.batches += 1
         self._processed_events += len(frame) + len(decoded.dead)
 
@@ -244,6 +261,8 @@ class Engine:
         finally:
             stop.set()
             poller.join(timeout=30)
+            if not poller.is_alive():  # the consumer is ours now
+                self._commit_ready()
             self.close()
         self.report.seconds = time.monotonic() - t0
         self.report.metrics = self.metrics.snapshot()

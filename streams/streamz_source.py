@@ -127,7 +127,9 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         self.closed.clear()
         poll_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
         decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="kafka-decode")
-        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
+        # commits go through the poll thread: confluent-kafka >= 2.13 gates a consumer to one calling thread
+        # at a time, and a second thread waiting on that gate starved behind back-to-back consume() calls
+        self._commit_pool = poll_pool
         pending: deque[asyncio.Future[ColumnarBatch]] = deque()
         polling: asyncio.Future[RawBatch | None] | None = None
         try:
@@ -151,9 +153,8 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         finally:
             if polling is not None:
                 await asyncio.wait([polling])
-            commits, self._commit_pool = self._commit_pool, None
-            await loop.run_in_executor(poll_pool, partial(commits.shutdown, wait=True))  # queued commits land
-            await loop.run_in_executor(poll_pool, self._close)
+            self._commit_pool = None
+            await loop.run_in_executor(poll_pool, self._close)  # FIFO: queued commits land first
             for pool in (poll_pool, decode_pool):
                 pool.shutdown(wait=True)
             self.closed.set()
@@ -221,7 +222,11 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         if self.source is None:
             msg = "from_kafka_columnar: commit before the source started"
             raise RuntimeError(msg)
-        self.source.commit(offsets)
+        pool = self._commit_pool
+        if pool is None or threading.current_thread().name.startswith("kafka-poll"):
+            self.source.commit(offsets)
+        else:
+            pool.submit(self.source.commit, offsets).result()
 
     def _close(self) -> None:
         if self.source is not None:
