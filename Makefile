@@ -18,12 +18,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# the parity scorers (nvForest CPU, Treelite) and the benchmark's rival routes are large: only test/bench pull them
+$(VENV)/.installed-parity: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,parity]'
+	touch $@
+
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/isostream demo --config configs/demo.yaml
 
-test: $(STAMP)
+test: $(VENV)/.installed-parity
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -32,10 +41,10 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check engine streams training dashboards benchmarks tests
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks --quick
 
-bench-full: $(STAMP)
+bench-full: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks
 
 clean:
