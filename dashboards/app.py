@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import holoviews as hv
+import hvplot.pandas  # noqa: F401 - registers DataFrame.hvplot
 import numpy as np
 import panel as pn
 import param
@@ -142,7 +143,7 @@ class Dashboard(pn.viewable.Viewer):
 
 # -- plots: pure functions of the piped frames, so each update patches data instead of rebuilding figures --
 def _throughput(data: Any) -> hv.Area:
-    return hv.Area(data, "time", "events").opts(
+    return data.hvplot.area(x="time", y="events").opts(
         title="Throughput (events / s)", xlabel="time (UTC)", ylabel="events / s", color=ACCENT, alpha=0.6,
         ylim=(0, None), **PLOT_OPTS,
     )
@@ -152,6 +153,7 @@ def _anomalies(data: Any) -> hv.Spikes:
     frame = data.assign(anomaly_pct=data["anomaly_rate"] * 100.0)
     total, flagged = int(frame["events"].sum()), int(frame["anomalies"].sum())
     pct = 100.0 * flagged / total if total else 0.0
+    # spikes, not an area: anomalies are sparse, and an area would smear one flagged second over its neighbours
     return hv.Spikes(frame, "time", ["anomalies", "anomaly_pct"]).opts(
         title=f"Anomalies / s · {flagged:,} in window ({pct:.2f} %)", xlabel="time (UTC)",
         ylabel="anomalies / s", color=ALARM, line_width=3, ylim=(0, None), **PLOT_OPTS,
@@ -161,7 +163,8 @@ def _anomalies(data: Any) -> hv.Spikes:
 def _histogram(data: Any) -> hv.Overlay:
     frame, threshold = data
     edges = np.append(frame["left"].to_numpy(), frame["right"].to_numpy()[-1:])
-    # framewise on the element too: in an overlay the histogram's own range otherwise sticks to the first frame
+    # framewise on the element too: in an overlay the histogram's own range otherwise sticks to the first frame.
+    # hv.Histogram, not hvplot.hist: the state ships pre-binned counts (41 fixed edges), not raw scores
     hist = hv.Histogram((edges, frame["count"].to_numpy()), kdims="score", vdims="count").opts(
         color=ACCENT, alpha=0.7, line_color="white", framewise=True
     )

@@ -98,7 +98,8 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
 
             state = LiveState(cfg.kafka.client_settings(), cfg.kafka.topics, history_s=cfg.dashboard.history_s)
             state.start()
-            server = serve(state, host=cfg.dashboard.host, port=cfg.dashboard.port, show=opts.open_browser)
+            server = serve(state, host=cfg.dashboard.host, port=cfg.dashboard.port, show=opts.open_browser,
+                           refresh_ms=cfg.dashboard.refresh_ms)
             console.print(f"[green]panel[/] dashboard http://{cfg.dashboard.host}:{cfg.dashboard.port}")
         engine = Engine(cfg, client)
         producer = threading.Thread(target=produce, name="demo-producer", daemon=True)

@@ -9,6 +9,7 @@ acknowledged: at-least-once, and no duplicates in the lake because file names de
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -232,6 +233,9 @@ class Engine:
         """Process until ``stop`` is set (or ``target_events`` input records are done), then drain in-flight work."""
         t0 = time.monotonic()
         self._last_batch_t = t0
+        # start-up objects (modules, model, config) never die: keep them out of every cyclic-GC pass, which
+        # otherwise walks them for each burst of young message objects (raw consumption ran 2-3x slower)
+        gc.freeze()
         stream = self._build_stream()
         poller = threading.Thread(target=self._poll_loop, args=(stream, stop), name="isostream-source", daemon=True)
         poller.start()
