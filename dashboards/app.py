@@ -143,7 +143,8 @@ class Dashboard(pn.viewable.Viewer):
 
 # -- plots: pure functions of the piped frames, so each update patches data instead of rebuilding figures --
 def _throughput(data: Any) -> hv.Area:
-    return data.hvplot.area(x="time", y="events").opts(
+    # size given to hvplot itself: otherwise it fixes width=700, which overrides responsive and clips the plot
+    return data.hvplot.area(x="time", y="events", responsive=True, height=PLOT_OPTS["height"]).opts(
         title="Throughput (events / s)", xlabel="time (UTC)", ylabel="events / s", color=ACCENT, alpha=0.6,
         ylim=(0, None), **PLOT_OPTS,
     )

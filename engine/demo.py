@@ -21,7 +21,7 @@ from streams.lake import read_lake
 from streams.replay import generated_chunks, replay
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # progress lines stay one line in logs and pipes
 
 
 @dataclass(frozen=True)
