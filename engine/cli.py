@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine.config import Config, ConfigError, load
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 EPILOG = """Configuration precedence: defaults < --config YAML < ISOSTREAM__SECTION__KEY env vars < flags.
 Docs: docs/configuration.md. Exit codes: 0 ok, 1 run failed, 2 bad usage or configuration."""
@@ -58,7 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.seconds:
-        threading.Timer(args.seconds, stop.set).start()
+        timer = threading.Timer(args.seconds, stop.set)
+        timer.daemon = True  # an earlier end (--max-events) must not wait for it
+        timer.start()
     with dask_client(cfg.cluster) as client:
         console.print(f"dask dashboard: {client.dashboard_link}")
         engine = Engine(cfg, client)
@@ -196,16 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.set_defaults(func=cmd_dashboard)
 
-    try:
-        from training import evaluate
-    except ImportError:  # pragma: no cover - training is part of the package
-        evaluate = None
-    if evaluate is not None and hasattr(evaluate, "configure_parser"):
-        p = sub.add_parser("evaluate", help="ROC AUC / average precision of the detector on labelled data",
-                           description="Fit and score (batch) or learn prequentially (stream) on a labelled "
-                           "CSV/Parquet file; prints and writes AUC, AP, events/s and wall time.")
-        evaluate.configure_parser(p)
-        p.set_defaults(func=evaluate.run)
+    from training import evaluate
+
+    p = sub.add_parser("evaluate", help="ROC AUC / average precision of the detector on labelled data",
+                       description="Fit and score (batch) or learn prequentially (stream) on a labelled "
+                       "CSV/Parquet file; prints and writes AUC, AP, events/s and wall time.")
+    evaluate.configure_parser(p)
+    p.set_defaults(func=evaluate.run)
     return parser
 
 
@@ -222,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         console.print(f"[red]configuration error:[/] {err}")
         return 2
+    except RuntimeError as err:  # the source, the cluster or a sink failed: say what, not a traceback
+        if args.verbose:
+            raise
+        console.print(f"[red]error:[/] {err} (run with -v for the traceback)")
+        return 1
     except KeyboardInterrupt:
         return 130
 
