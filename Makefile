@@ -10,7 +10,7 @@ help:
 	@echo "make demo    - broker + generator + engine + dashboard on http://127.0.0.1:5006 (Ctrl-C stops all)"
 	@echo "make test    - the whole pytest suite (unit + integration against a real broker, Dask, Panel, browser)"
 	@echo "make bench   - every benchmark in quick mode; JSON in benchmarks/results/"
-	@echo "make lint    - ruff"
+	@echo "make lint    - ruff and mypy"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine streams training dashboards benchmarks tests
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks --quick

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -60,7 +61,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: IO[bytes] | int | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -105,8 +106,8 @@ class EmbeddedBroker:
                 self._proc.kill()
                 self._proc.wait(timeout=10)
         self._proc = None
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()  # type: ignore[union-attr]
+        if not isinstance(self._log, int) and self._log is not None:
+            self._log.close()
         self._log = None
 
     def __enter__(self) -> EmbeddedBroker:
@@ -123,7 +124,7 @@ def create_topics(
     topics: dict[str, int],
     *,
     config: dict[str, str] | None = None,
-    settings: dict[str, object] | None = None,
+    settings: dict[str, Any] | None = None,
     timeout_s: float = 30.0,
 ) -> None:
     """Create topics (name -> partitions) that do not exist yet and wait for their metadata."""

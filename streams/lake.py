@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import pyarrow as pa
@@ -58,7 +59,8 @@ class LakeWriter:
             raise LakeError(msg)
         dates = frame[self.time_field].dt.strftime("%Y-%m-%d")
         written = []
-        for (date, partition), part in frame.groupby([dates, frame[self.partition_col]], sort=True):
+        for key, part in frame.groupby([dates, frame[self.partition_col]], sort=True):
+            date, partition = cast(tuple[str, int], key)  # pandas types group keys as Hashable
             offsets = part[self.offset_col]
             name = f"part-p{int(partition)}-{int(offsets.min()):020d}-{int(offsets.max()):020d}.parquet"
             folder = self.root / f"date={date}"
