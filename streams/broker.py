@@ -5,10 +5,13 @@ Production points isostream at its own Kafka; this only exists so a fresh clone 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -74,7 +77,8 @@ class EmbeddedBroker:
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         # own process group so Ctrl-C in a terminal reaches us first and we stop the broker in order
         self._proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=self._log, env=env, start_new_session=True
+            cmd, stdout=self._log, stderr=self._log, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -117,6 +121,16 @@ class EmbeddedBroker:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the broker's child process: ask Linux to SIGTERM it when we die, even by SIGKILL (no orphans).
+
+    Linux ties this to the thread that started the broker: start it from a thread that outlives it.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def create_topics(
