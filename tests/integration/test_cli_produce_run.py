@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.broker import EmbeddedBroker, create_topics
 from streams.lake import read_lake
+from tests.topics import topic_values
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -43,22 +43,6 @@ def _env(tmp_path: Path, broker: EmbeddedBroker, topic: str) -> dict[str, str]:
     )
 
 
-def _records(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cli-count", "enable.auto.commit": False})
-    out: list[bytes] = []
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        idle_until = time.monotonic() + 5
-        while time.monotonic() < idle_until:
-            got = [m for m in consumer.consume(10_000, 0.5) if m.error() is None]
-            if got:
-                out.extend(m.value() for m in got)
-                idle_until = time.monotonic() + 2
-    finally:
-        consumer.close()
-    return out
-
-
 def test_generate_produce_every_format_then_run_scores_them_all(broker: EmbeddedBroker, tmp_path: Path) -> None:
     topic = "cli_events"
     env = _env(tmp_path, broker, topic)
@@ -72,7 +56,7 @@ def test_generate_produce_every_format_then_run_scores_them_all(broker: Embedded
         assert done.returncode == 0, done.stderr
         assert f"produced {PER_FILE:,} events" in done.stderr
 
-    values = _records(broker.bootstrap, topic, 2)
+    values = topic_values(broker.bootstrap, topic, 2)
     assert len(values) == 3 * PER_FILE
     assert all(v.startswith(b"{") and b'"station_id"' in v for v in values)
 

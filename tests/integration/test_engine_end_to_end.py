@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from engine.cluster import dask_client
 from engine.config import load
@@ -18,27 +16,11 @@ from streams.generator import GeneratorSettings
 from streams.kafka_sink import KafkaSink
 from streams.lake import read_lake
 from streams.replay import generated_chunks, replay
+from tests.topics import topic_values
 
 pytestmark = pytest.mark.integration
 
 N_EVENTS = 10_000
-
-
-def _count_topic(bootstrap: str, topic: str, partitions: int = 1) -> int:
-    """Records in ``topic``, counted by reading them (tansu's high watermark is not reliable)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count", "enable.auto.commit": False})
-    total = 0
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        idle_until = time.monotonic() + 5
-        while time.monotonic() < idle_until:
-            got = consumer.consume(10_000, 0.5)
-            if got:
-                total += sum(1 for m in got if m.error() is None)
-                idle_until = time.monotonic() + 2
-    finally:
-        consumer.close()
-    return total
 
 
 def test_every_event_once_in_lake_and_scores_topic(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -96,9 +78,9 @@ def test_every_event_once_in_lake_and_scores_topic(broker: EmbeddedBroker, tmp_p
     assert lake["model_version"].notna().all()
     assert sorted(p.name for p in Path(cfg.lake.path).iterdir()) == ["date=2026-11-24"]
 
-    assert _count_topic(broker.bootstrap, "e2e-scores") == N_EVENTS
-    assert _count_topic(broker.bootstrap, "e2e-stats") == report.batches
-    assert _count_topic(broker.bootstrap, "e2e-alerts") == int(lake["is_anomaly"].sum())
+    assert len(topic_values(broker.bootstrap, "e2e-scores")) == N_EVENTS
+    assert len(topic_values(broker.bootstrap, "e2e-stats")) == report.batches
+    assert len(topic_values(broker.bootstrap, "e2e-alerts")) == int(lake["is_anomaly"].sum())
     # the model that scored the stream was saved as a version directory
     assert (Path(cfg.model.save_dir) / report.model_version.split("+")[0]).exists() or any(
         Path(cfg.model.save_dir).iterdir())
