@@ -203,9 +203,22 @@ def tree_depths(feature, left, right, tree_offset):  # pragma: no cover - compil
     return out
 
 
-#: serial twin of :func:`dense_path_sum` for small batches: a parallel region costs little on idle cores, but
-#: on busy shared cores one descheduled worker stalls the whole call for a scheduler tick (measured: 1,000 rows
-#: 0.5 ms parallel vs 16 ms when another process holds the second core), so small batches stay on one thread
-dense_path_sum_serial = numba.njit(cache=True, nogil=True)(dense_path_sum.py_func)
+def dense_path_sum_serial(X, dfeat, dthr, dnan, dleaf, height, block):
+    """:func:`dense_path_sum` on the calling thread only, for small batches.
+
+    A parallel region costs little on idle cores, but on busy shared cores one descheduled worker stalls the
+    whole call for a scheduler tick (measured: 1,000 rows 0.5 ms parallel vs 16 ms when another process holds
+    the second core). The thread mask is per calling thread, so concurrent callers are unaffected. (A second
+    ``njit`` of the same Python function would share its on-disk cache entry with the parallel one, whichever
+    compiled first serving both: the parallel kernel then silently ran on one thread.)
+    """
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return dense_path_sum(X, dfeat, dthr, dnan, dleaf, height, block)
+    finally:
+        numba.set_num_threads(previous)
+
+
 #: batches with fewer rows than this are scored on the calling thread
 PARALLEL_MIN_ROWS = 4096

@@ -83,7 +83,8 @@ class Detector:
         self.scorer: Scorer = CpuScorer(self.forest)
 
     def use_backend(self, backend: str) -> None:
-        """Score on ``backend`` ("cpu", "cupy", "nvforest", "nvforest-cpu" or "auto"; see :mod:`training.gpu`).
+        """Score on ``backend`` ("cpu", "cpu-parallel", "cupy", "nvforest", "nvforest-cpu" or "auto"; see
+        :mod:`training.gpu`).
 
         Raises :class:`training.gpu.BackendUnavailable` naming what is missing when it cannot run here.
         """

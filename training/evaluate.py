@@ -34,6 +34,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from training.detector import Detector
+from training.gpu import BACKENDS, BackendUnavailable
 from training.online import OnlineSettings
 
 
@@ -78,8 +79,13 @@ def _split(frame: pd.DataFrame, label: str) -> tuple[np.ndarray, np.ndarray, lis
 
 def evaluate(frame: pd.DataFrame, label: str = "label", mode: str = "batch", *, n_trees: int = 100,
              max_samples: int = 256, contamination: float = 0.01, batch_size: int = 1000, seed: int = 0,
-             online: OnlineSettings | None = None, progress: bool = False) -> dict[str, Any]:
-    """Evaluate the detector on ``frame`` (see the module docstring); returns the metrics as a dict."""
+             online: OnlineSettings | None = None, progress: bool = False,
+             backend: str = "cpu-parallel") -> dict[str, Any]:
+    """Evaluate the detector on ``frame`` (see the module docstring); returns the metrics as a dict.
+
+    ``backend`` scores (see :mod:`training.gpu`); the default uses every core for every micro-batch, right for
+    an evaluation that has the machine to itself.
+    """
     if mode not in ("batch", "stream"):
         msg = f"evaluate: mode must be 'batch' or 'stream', got {mode!r}"
         raise EvaluateError(msg)
@@ -91,6 +97,7 @@ def evaluate(frame: pd.DataFrame, label: str = "label", mode: str = "batch", *, 
     if mode == "batch":
         det = Detector.fit(X, features, n_trees=n_trees, max_samples=max_samples, contamination=contamination,
                            seed=seed, online=None)
+        det.use_backend(backend)
         fitted = time.perf_counter()
         out = det.score_batch(X)
         scores, flags, drifts = out.score, out.is_anomaly, 0
@@ -100,6 +107,7 @@ def evaluate(frame: pd.DataFrame, label: str = "label", mode: str = "batch", *, 
         # the first micro-batch seeds the model with the same compiled builder that renews it later
         det = Detector.fit(X[:batch_size], features, n_trees=n_trees, max_samples=max_samples,
                            contamination=contamination, seed=seed, online=settings, builder="numba")
+        det.use_backend(backend)
         scores, flags = np.empty(len(X)), np.zeros(len(X), dtype=bool)
         drifts = 0
         bar = _progress(len(X), progress)
@@ -121,7 +129,7 @@ def evaluate(frame: pd.DataFrame, label: str = "label", mode: str = "batch", *, 
         "alert_rate": float(flags.mean()), "precision_at_threshold": hits / max(int(flags.sum()), 1),
         "recall_at_threshold": hits / max(int(y.sum()), 1), "events_per_s": len(X) / wall if wall > 0 else math.inf,
         "wall_s": wall, **timing, "drift_detections": int(drifts), "model_version": det.version,
-        "skipped_columns": skipped,
+        "skipped_columns": skipped, "backend": det.scorer.name,
         "params": {"n_trees": n_trees, "max_samples": max_samples, "contamination": contamination,
                    "batch_size": batch_size if mode == "stream" else None, "seed": seed,
                    "online": (online or OnlineSettings()).to_dict() if mode == "stream" else None},
@@ -164,6 +172,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replace-fraction", type=float, default=OnlineSettings.replace_fraction,
                    help="stream: share of trees renewed after each micro-batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar in stream mode")
+    p.add_argument("--backend", choices=BACKENDS, default="cpu-parallel",
+                   help="scoring backend (default: cpu-parallel, every core for every batch)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
                                 replace_fraction=args.replace_fraction)
         result = evaluate(frame, args.label, args.mode, n_trees=args.n_trees, max_samples=args.max_samples,
                           contamination=args.contamination, batch_size=args.batch_size, seed=args.seed,
-                          online=online, progress=not args.no_progress)
+                          online=online, progress=not args.no_progress, backend=args.backend)
+    except BackendUnavailable as err:  # e.g. --backend cupy without a GPU: says what is missing
+        print(str(err), file=sys.stderr)
+        return 2
     except ValueError as err:  # EvaluateError, OnlineError, ForestError: bad data or options (message names it)
         print(str(err), file=sys.stderr)
         return 2

@@ -119,8 +119,12 @@ class PackedForest:
     def _c_psi(self) -> float:
         return float(average_path_length(self.max_samples))
 
-    def path_length_sum(self, X: np.ndarray) -> np.ndarray:
-        """Sum over trees of each row's path length (float64, summed in tree order like scikit-learn)."""
+    def path_length_sum(self, X: np.ndarray, *, parallel_min_rows: int | None = None) -> np.ndarray:
+        """Sum over trees of each row's path length (float64, summed in tree order like scikit-learn).
+
+        Batches of at least ``parallel_min_rows`` rows (default :data:`training._kernels.PARALLEL_MIN_ROWS`)
+        are scored on all numba threads, smaller ones on the calling thread.
+        """
         X32 = self._as_float32(X)
         if len(X32) == 0:
             return np.zeros(0)
@@ -129,16 +133,17 @@ class PackedForest:
             return K.path_length_sum(X32, self.feature, self.threshold, self.left, self.right, self.nan_left,
                                      self.leaf_value, self.tree_offset[:-1])
         height, _, (dfeat, dthr, dnan, dleaf) = dense
-        kernel = K.dense_path_sum if len(X32) >= K.PARALLEL_MIN_ROWS else K.dense_path_sum_serial
+        threshold = K.PARALLEL_MIN_ROWS if parallel_min_rows is None else parallel_min_rows
+        kernel = K.dense_path_sum if len(X32) >= threshold else K.dense_path_sum_serial
         return kernel(X32, dfeat, dthr, dnan, dleaf, height, K.BLOCK)
 
     def mean_path_length(self, X: np.ndarray) -> np.ndarray:
         """E[h(x)]: each row's path length averaged over the trees."""
         return self.path_length_sum(X) / max(self.n_trees, 1)
 
-    def score(self, X: np.ndarray) -> np.ndarray:
+    def score(self, X: np.ndarray, *, parallel_min_rows: int | None = None) -> np.ndarray:
         """The paper's anomaly score in (0, 1]: higher is more anomalous (``-score_samples``)."""
-        total = self.path_length_sum(X)
+        total = self.path_length_sum(X, parallel_min_rows=parallel_min_rows)
         denom = self.n_trees * self._c_psi
         if denom == 0:  # one-sample trees: scikit-learn defines the score as 1
             return np.ones(len(total))

@@ -156,3 +156,29 @@ def test_average_path_length_and_height() -> None:
     np.testing.assert_allclose(average_path_length(np.array([0, 1, 2, 256])),
                                [0.0, 0.0, 1.0, 2 * (np.log(255) + np.euler_gamma) - 2 * 255 / 256])
     assert [height_limit(p) for p in (1, 2, 3, 256, 257)] == [1, 1, 2, 8, 9]
+
+
+def test_small_batches_on_the_caller_or_every_core_score_the_same(seed: int) -> None:
+    """The thread choice changes where rows are walked, never the sum; the caller's thread count is restored."""
+    import numba
+
+    from training.gpu import make_scorer
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(3000, 5))
+    Y = rng.normal(size=(1000, 5)) * 2
+    Y[::7, 1] = np.nan
+    forest = PackedForest.fit(X, n_trees=50, max_samples=256, seed=seed)
+    before = numba.get_num_threads()
+    serial = forest.score(Y)  # 1,000 rows < PARALLEL_MIN_ROWS: the calling thread
+    assert numba.get_num_threads() == before
+    everywhere = forest.score(Y, parallel_min_rows=1)
+    np.testing.assert_array_equal(serial, everywhere)
+    np.testing.assert_array_equal(make_scorer(forest, "cpu-parallel").score(Y), serial)
+    assert make_scorer(forest, "cpu-parallel").name == "cpu-parallel"
+
+
+def test_serial_and_parallel_kernels_are_distinct_compilations() -> None:
+    """Two ``njit`` of one Python function share a cache entry, so the first compiled served both."""
+    assert not hasattr(K.dense_path_sum_serial, "py_func")
+    assert K.dense_path_sum.targetoptions.get("parallel") is True
