@@ -141,6 +141,11 @@ class KafkaSink:
         try:
             if not self.transactional:
                 self.flush(timeout_s)
+            # nothing is outstanding now, so this returns at once (on a transactional sink it aborts an open
+            # transaction); without it librdkafka keeps reconnecting to a broker that is gone until GC
+            close = getattr(self._producer, "close", None)  # confluent-kafka >= 2.12
+            if close is not None:
+                close()
         finally:
             log.debug("sink %s closed in %.2fs", self.topic, time.monotonic() - started)
 

@@ -118,6 +118,7 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         self._next_commit = 0
         self._lag_at = 0.0
         self._commit_pool: ThreadPoolExecutor | None = None
+        self._poll_thread: int | None = None  # ident of the thread that owns the consumer
         self.stopped: bool = True
         super().__init__(**kwargs)
 
@@ -134,6 +135,7 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
         polling: asyncio.Future[RawBatch | None] | None = None
         try:
             self.source = await loop.run_in_executor(poll_pool, self._open_source)
+            self._poll_thread = await loop.run_in_executor(poll_pool, threading.get_ident)
             while not self.stopped or pending:
                 if polling is None and not self.stopped and len(pending) < self.max_in_flight:
                     polling = loop.run_in_executor(poll_pool, self._poll)
@@ -223,7 +225,7 @@ class from_kafka_columnar(Source):  # noqa: N801 - streamz API names are lower c
             msg = "from_kafka_columnar: commit before the source started"
             raise RuntimeError(msg)
         pool = self._commit_pool
-        if pool is None or threading.current_thread().name.startswith("kafka-poll"):
+        if pool is None or threading.get_ident() == self._poll_thread:
             self.source.commit(offsets)
         else:
             pool.submit(self.source.commit, offsets).result()
