@@ -52,6 +52,7 @@ def _add_config_args(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.cluster import dask_client
     from engine.pipeline import Engine
+    from engine.progress import report_printer
 
     cfg = _config(args)
     stop = threading.Event()
@@ -65,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"dask dashboard: {client.dashboard_link}")
         engine = Engine(cfg, client)
         engine.target_events = args.max_events
-        report = engine.run(stop)
+        report = engine.run(stop, on_batch=report_printer(console, every_s=5.0))
     console.print(
         f"scored {report.events:,} events ({report.anomalies:,} anomalies, {report.dead_letters:,} dead letters)"
         f" in {report.seconds:.1f}s; model {report.model_version}"

@@ -14,6 +14,7 @@ from rich.console import Console
 from engine.cluster import dask_client
 from engine.config import Config, with_overrides
 from engine.pipeline import Engine
+from engine.progress import report_printer
 from streams.broker import EmbeddedBroker, create_topics
 from streams.generator import GeneratorSettings
 from streams.kafka_sink import KafkaSink
@@ -116,18 +117,7 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
 
         watcher = threading.Thread(target=watch, name="demo-watch", daemon=True)
         watcher.start()
-        last = {"t": 0.0}
-
-        def progress(report) -> None:
-            now = time.monotonic()
-            if now - last["t"] >= 2.0:
-                last["t"] = now
-                console.print(
-                    f"events {report.events:>9,}  anomalies {report.anomalies:>6,}  dead {report.dead_letters:>4,}"
-                    f"  model {report.model_version}"
-                )
-
-        report = engine.run(stopper.engine_stop, on_batch=progress)
+        report = engine.run(stopper.engine_stop, on_batch=report_printer(console))
         watcher.join(timeout=5)
         if server is not None:
             server.stop()
