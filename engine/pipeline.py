@@ -100,7 +100,13 @@ class Engine:
 
     def _load_model(self) -> Detector | None:
         path = self.cfg.model.path
-        return Detector.load(path) if path is not None else None
+        return self._placed(Detector.load(path)) if path is not None else None
+
+    def _placed(self, detector: Detector) -> Detector:
+        """Score on the CUDA kernel on the GPU backend (raises naming what is missing), else on the CPU."""
+        # "cpu" keeps small batches on the calling thread: the cores are shared with Dask workers and Kafka
+        detector.use_backend("cupy" if self.cfg.cluster.backend == "gpu" else "cpu")
+        return detector
 
     # -- the graph -------------------------------------------------------------------------------------
     def _build_stream(self) -> Stream:
@@ -148,6 +154,9 @@ class Engine:
             self.dead_sink.write(decoded.dead)
             self.dead_sink.flush()
             self.report.dead_letters += len(decoded.dead)
+        if self.cfg.cluster.backend == "gpu":
+            # per-key feature state, the lake writer and the topic encoders run on the host (untested on a GPU)
+            decoded = Decoded(decoded.frame.to_pandas(), decoded.dead)
         X = self.features.transform(decoded.frame) if len(decoded.frame) else np.empty((0, len(self.features.names)))
         self._pending.append((offsets, decoded, X))
         if self.detector is None:
@@ -164,10 +173,10 @@ class Engine:
             return
         m = self.cfg.model
         log.info("fitting the initial model on %d events", len(X))
-        self.detector = Detector.fit(
+        self.detector = self._placed(Detector.fit(
             X, self.features.names, n_trees=m.n_trees, max_samples=min(m.max_samples, len(X)),
             contamination=m.contamination, seed=m.seed,
-        )
+        ))
         if m.save_dir is not None:
             self.detector.save(m.save_dir / self.detector.version)
 
