@@ -33,3 +33,10 @@ def write_results(path: str | Path, benchmark: str, rows: list[dict[str, Any]], 
     }
     p.write_text(json.dumps(doc, indent=2))
     return p
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """One line per result row, with its ratio to the baseline where it has one."""
+    for r in rows:
+        ratio = f"  ratio {r['ratio']:.2f} vs {r['baseline']}" if r["ratio"] else ""
+        print(f"  {r['name']}: {r['value']:,.1f} {r['unit']}{ratio}")

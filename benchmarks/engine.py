@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import row, write_results
+from benchmarks.common import print_rows, row, write_results
 from benchmarks.ingest import bench_raw, make_events, produce
 from engine.cluster import dask_client
 from engine.config import load
@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     settings["seconds"] = round(time.monotonic() - t_start, 1)
     out = write_results(args.out, "engine", rows, settings)
     log(f"wrote {out} in {settings['seconds']:.0f} s")
-    for r in rows:
-        ratio = f"  ratio {r['ratio']:.2f} vs {r['baseline']}" if r["ratio"] else ""
-        print(f"  {r['name']}: {r['value']:,.1f} {r['unit']}{ratio}")
+    print_rows(rows)
     return 0
 
 
