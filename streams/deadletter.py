@@ -21,6 +21,7 @@ class Reason(str, Enum):
     """Why a record could not be decoded."""
 
     INVALID_JSON = "invalid_json"
+    INVALID_CSV = "invalid_csv"
     INVALID_ENCODING = "invalid_encoding"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"

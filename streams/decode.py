@@ -1,7 +1,7 @@
-"""Bulk decoding of JSON micro-batches into columnar frames, with schema enforcement.
+"""Bulk decoding of JSON (or CSV) micro-batches into columnar frames, with schema enforcement.
 
-Fast path: one pyarrow JSON parse of the whole batch (values joined by ``\\n``) against the declared schema,
-then vectorised checks. Cheap vectorised pre-checks first set aside messages that would break line framing
+Fast path: one pyarrow JSON (or CSV) parse of the whole batch (values joined by ``\\n``) against the declared
+schema, then vectorised checks. Cheap vectorised pre-checks first set aside messages that would break line framing
 (a raw newline inside, not one ``{...}`` object, bytes that are not UTF-8). When a bulk parse fails, the batch
 is bisected and each half parsed again, so one bad record costs a few extra parses of ever smaller parts and
 only a handful of records are ever read one by one. Every rejected record becomes a
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from streams.deadletter import DeadLetter, Reason
@@ -121,7 +122,7 @@ class Decoder:
         if len(idx):
             values = batch.values if len(idx) == n else [batch.values[i] for i in idx.tolist()]
             payload = b"\n".join(values)
-            suspect = _suspects(values, sizes[idx], payload)
+            suspect = _suspects(values, sizes[idx], payload, json_objects=self.schema.format == "json")
             if suspect.any():  # set aside, read one by one; the rest stays on the fast path
                 parts.append(parse_records(self, batch, idx[suspect], dead))
                 idx = idx[~suspect]
@@ -148,11 +149,7 @@ class Decoder:
     def _read(self, payload: bytes, expected_rows: int) -> pa.Table | None:
         for i, (kind, layout) in enumerate(self._layouts):
             try:
-                table = pajson.read_json(
-                    io.BytesIO(payload),
-                    read_options=pajson.ReadOptions(use_threads=self.threads, block_size=_BLOCK_BYTES),
-                    parse_options=pajson.ParseOptions(explicit_schema=layout, unexpected_field_behavior="ignore"),
-                )
+                table = self._read_layout(payload, layout)
             except (pa.ArrowInvalid, UnicodeDecodeError):
                 continue
             if table.num_rows != expected_rows:  # cannot happen after the pre-checks; be safe anyway
@@ -164,6 +161,23 @@ class Decoder:
                 self._layouts.sort(key=lambda kl: rank[kl[0]])
             return table.select(layout.names)
         return None
+
+    def _read_layout(self, payload: bytes, layout: pa.Schema) -> pa.Table:
+        if self.schema.format == "csv":
+            return pacsv.read_csv(
+                io.BytesIO(payload),
+                read_options=pacsv.ReadOptions(column_names=layout.names, use_threads=self.threads,
+                                               block_size=_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(delimiter=self.schema.csv_delimiter),
+                # an empty cell is a missing value, as an absent key is in JSON
+                convert_options=pacsv.ConvertOptions(column_types=layout, null_values=[""],
+                                                     strings_can_be_null=True),
+            )
+        return pajson.read_json(
+            io.BytesIO(payload),
+            read_options=pajson.ReadOptions(use_threads=self.threads, block_size=_BLOCK_BYTES),
+            parse_options=pajson.ParseOptions(explicit_schema=layout, unexpected_field_behavior="ignore"),
+        )
 
     def _normalize(self, table: pa.Table, rows: np.ndarray) -> Part:
         """Event time to UTC timestamps; the mask of event times that were present but unreadable."""
@@ -233,18 +247,19 @@ class Decoder:
         return table.to_pandas(split_blocks=True)  # no 2-D block consolidation: ~30 % cheaper
 
 
-def _suspects(values: list[bytes], sizes: np.ndarray, payload: bytes) -> np.ndarray:
-    """Messages the bulk parse must not see: not one ``{...}`` object per line, or not UTF-8.
+def _suspects(values: list[bytes], sizes: np.ndarray, payload: bytes, *, json_objects: bool = True) -> np.ndarray:
+    """Messages the bulk parse must not see: empty, more than one line, not UTF-8, or (JSON) not one ``{...}``.
 
     All checks run on the joined payload with numpy; per-message Python runs only when a check fires.
     """
-    buf = np.frombuffer(payload, dtype=np.uint8)
-    starts = np.zeros(len(sizes), dtype=np.int64)
-    np.cumsum(sizes[:-1] + 1, out=starts[1:])
-    empty = sizes == 0
-    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(sizes), np.uint8)
-    last = buf[np.maximum(starts + sizes - 1, 0)] if len(buf) else first
-    suspect = empty | (first != _OPEN) | (last != _CLOSE)
+    suspect = sizes == 0
+    if json_objects:
+        buf = np.frombuffer(payload, dtype=np.uint8)
+        starts = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1] + 1, out=starts[1:])
+        first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(sizes), np.uint8)
+        last = buf[np.maximum(starts + sizes - 1, 0)] if len(buf) else first
+        suspect = suspect | (first != _OPEN) | (last != _CLOSE)
     # pyarrow splits lines on \n and \r: a message holding either would shift every later row (searching the
     # values joined without separators is memchr-fast; counting newlines in the payload is 10x slower)
     flat = b"".join(values)

@@ -1,12 +1,14 @@
 """The per-record decoding path: the few records the bulk parse could not take, read one by one.
 
-Records that are not JSON, not UTF-8 or carry a value of the wrong JSON type become dead letters here; the
+Records that are not JSON (or not one CSV record of the declared width), not UTF-8 or carry a value of the
+wrong type become dead letters here; the
 rest are returned as a small typed table that joins the bulk-parsed rows, so validation (missing fields,
 non-finite numbers, unreadable timestamps) is the same vectorised code for both paths.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ def parse_records(decoder: Decoder, batch: RawBatch, idx: np.ndarray, dead: list
     columns: dict[str, list[Any]] = {f.name: [] for f in fields}
     good: list[int] = []
     for i in idx.tolist():
-        reason, detail, doc = _parse_one(batch.values[i], decoder)
+        reason, detail, doc = parse_one(batch.values[i], decoder)
         if reason is not None:
             dead.append(DeadLetter(reason, detail, batch.topic, int(batch.partitions[i]), int(batch.offsets[i]),
                                    batch.keys[i], batch.values[i]))
@@ -60,11 +62,14 @@ def parse_records(decoder: Decoder, batch: RawBatch, idx: np.ndarray, dead: list
     return Part(np.asarray(good, dtype=np.int64), pa.table(arrays), bad_ts)
 
 
-def _parse_one(raw: bytes, decoder: Decoder) -> tuple[Reason | None, str, dict[str, Any] | None]:
+def parse_one(raw: bytes, decoder: Decoder) -> tuple[Reason | None, str, dict[str, Any] | None]:
+    """One record as a dict of typed values, or the reason it is rejected."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         return Reason.INVALID_ENCODING, f"not UTF-8: {err}", None
+    if decoder.schema.format == "csv":
+        return _parse_csv(text, decoder)
     try:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as err:
@@ -83,6 +88,46 @@ def _parse_one(raw: bytes, decoder: Decoder) -> tuple[Reason | None, str, dict[s
             return Reason.WRONG_TYPE, f"field {f.name!r}: expected {f.type}, got {type(v).__name__} {shown}", None
         doc[f.name] = v
     return None, "", doc
+
+
+_TRUE, _FALSE = {"1", "True", "TRUE", "true"}, {"0", "False", "FALSE", "false"}  # pyarrow's CSV spellings
+
+
+def _parse_csv(text: str, decoder: Decoder) -> tuple[Reason | None, str, dict[str, Any] | None]:
+    fields = decoder.schema.fields
+    try:
+        cells = next(csv.reader([text], delimiter=decoder.schema.csv_delimiter, strict=True))
+    except (csv.Error, StopIteration) as err:
+        return Reason.INVALID_CSV, f"not one CSV record: {err}", None
+    if len(cells) != len(fields):
+        return Reason.INVALID_CSV, f"expected {len(fields)} columns, got {len(cells)}", None
+    doc: dict[str, Any] = {}
+    for f, cell in zip(fields, cells, strict=True):
+        kind = "timestamp" if f.name == decoder.ts_field else f.type
+        ok, value = _from_text(cell, kind)
+        if not ok:
+            shown = repr(cell) if len(cell) <= 60 else repr(cell[:57]) + "..."
+            return Reason.WRONG_TYPE, f"field {f.name!r}: expected {f.type}, got {shown}", None
+        doc[f.name] = value
+    return None, "", doc
+
+
+def _from_text(cell: str, kind: str) -> tuple[bool, Any]:
+    """A CSV cell as a value of ``kind`` (empty = missing), the way pyarrow's CSV reader converts it."""
+    if cell == "":
+        return True, None
+    if kind == "string":
+        return True, cell
+    if kind == "bool":
+        return (cell in _TRUE or cell in _FALSE), cell in _TRUE
+    try:
+        if kind == "int":
+            v = int(cell)
+            return _INT64_MIN <= v <= _INT64_MAX, v
+        return True, float(cell)
+    except ValueError:
+        # an event time may be an ISO string; its readability is checked with the other event times
+        return kind == "timestamp", cell
 
 
 def _coerce(v: Any, kind: str) -> tuple[bool, Any]:

@@ -58,6 +58,9 @@ class Schema(BaseModel):
     event_time: EventTime = EventTime()
     key: str | None = None
     max_message_bytes: int = Field(default=1_000_000, gt=0)
+    #: message encoding: one JSON object per message, or one CSV record (the declared fields in order, no header)
+    format: Literal["json", "csv"] = "json"
+    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
 
     @model_validator(mode="after")
     def _check_references(self) -> Schema:

@@ -123,3 +123,42 @@ def _ends(batches: list[ColumnarBatch]) -> dict[int, int]:
         for p, o in b.offsets.items():
             out[p] = max(out.get(p, -1), o)
     return out
+
+
+def test_csv_topic_decodes_and_dead_letters_on_the_real_broker(broker: EmbeddedBroker, seed: int) -> None:
+    """``schema.format: csv``: good records arrive once as rows, bad ones as dead letters with their reason."""
+    import csv
+    import io
+
+    from streams.deadletter import Reason
+
+    topic, n = "streamz-csv", 3_000
+    broker.create_topic(topic, 2)
+    rng = random.Random(seed)
+    names = [f.name for f in STATION_ALARM.fields]
+
+    def row(doc: dict) -> bytes:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow([str(doc[k]).lower() if isinstance(doc[k], bool) else doc[k]
+                                                     for k in names])
+        return out.getvalue().encode()
+
+    values = [row(good_event(rng)) for _ in range(n)]
+    bad = {7: b"ST1,ST1-DP1", 1500: b"ST1,ST1-DP1,AL1,2026-11-24T00:00:00Z,abc,2.0,true"}
+    for at, value in bad.items():
+        values[at] = value
+    with KafkaSink({"bootstrap.servers": broker.bootstrap}, topic) as sink:
+        sink.write(values, [str(i % 2).encode() for i in range(n)], partitions=[i % 2 for i in range(n)])
+    schema = STATION_ALARM.model_copy(update={"format": "csv"})
+    node = Stream.from_kafka_columnar({"bootstrap.servers": broker.bootstrap}, topic, schema, group_id="csv")
+    seen: list[ColumnarBatch] = []
+    node.sink(seen.append)
+    node.start()
+    try:
+        _wait(lambda: sum(len(b.frame) + len(b.dead) for b in seen) >= n)
+    finally:
+        node.stop()
+        node.wait_closed()
+    dead = sorted((d.reason, d.partition, d.offset) for b in seen for d in b.dead)
+    assert dead == sorted([(Reason.INVALID_CSV, 1, 3), (Reason.WRONG_TYPE, 0, 750)])
+    assert sum(len(b.frame) for b in seen) == n - 2
