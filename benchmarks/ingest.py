@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from benchmarks.common import print_rows, row, write_results
@@ -40,7 +43,7 @@ from streams.jsonl import to_json_lines
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import CONSUMER_DEFAULTS
 from streams.records import RawBatch
-from streams.schema import STATION_ALARM
+from streams.schema import STATION_ALARM, Schema
 
 HERE = Path(__file__).resolve().parent
 QUIX_VENV = HERE / ".venv-quix"
@@ -52,16 +55,24 @@ def log(msg: str) -> None:
     print(f"[ingest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_events(n: int, seed: int = 7) -> tuple[list[bytes], list[bytes]]:
-    """``n`` JSON events and their keys (datapoint ids), seeded and network-free."""
+def make_events(n: int, seed: int = 7, fmt: str = "json") -> tuple[list[bytes], list[bytes]]:
+    """``n`` JSON (or CSV) events and their keys (datapoint ids), seeded and network-free."""
     gen = StationAlarmGenerator(GeneratorSettings(seed=seed, n_stations=200))
     values: list[bytes] = []
     keys: list[bytes] = []
     while len(values) < n:
         frame = gen.next_chunk(min(200_000, n - len(values))).drop(columns=["label"])
-        values += to_json_lines(frame)
+        values += to_json_lines(frame) if fmt == "json" else _csv_lines(frame)
         keys += [k.encode() for k in frame["datapoint_id"]]
     return values, keys
+
+
+def _csv_lines(frame: Any) -> list[bytes]:
+    """One CSV record per event: the schema's fields in order, no header."""
+    buf = io.BytesIO()
+    table = pa.Table.from_pandas(frame[[f.name for f in STATION_ALARM.fields]], preserve_index=False)
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return buf.getvalue().splitlines()
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes], compression: str) -> float:
@@ -92,13 +103,13 @@ def bench_raw(bootstrap: str, topic: str, partitions: int, n: int, conf: dict[st
         c.close()
 
 
-def bench_isostream(bootstrap: str, topic: str, n: int, max_messages: int) -> float:
+def bench_isostream(bootstrap: str, topic: str, n: int, max_messages: int, schema: Schema = STATION_ALARM) -> float:
     """``Stream.from_kafka_columnar`` emitting decoded frames; the sink only counts rows."""
     from streamz import Stream
 
     import streams.streamz_source  # noqa: F401 - registers the node
 
-    node = Stream.from_kafka_columnar({"bootstrap.servers": bootstrap}, topic, STATION_ALARM,
+    node = Stream.from_kafka_columnar({"bootstrap.servers": bootstrap}, topic, schema,
                                       group_id=f"iso-{next(_groups)}", start="earliest",
                                       max_messages=max_messages, commit="manual")
     seen = {"n": 0, "first_n": 0, "t_first": 0.0, "t_last": 0.0}
@@ -223,7 +234,8 @@ def bench_quix(python: Path, bootstrap: str, topic: str, n: int, consumer: dict[
     return _steady(state["count"], 1, state["t_first"], state["t_last"])
 
 
-def bench_decode(values: list[bytes], batch: int, seconds: float) -> tuple[float, float, float]:
+def bench_decode(values: list[bytes], batch: int, seconds: float,
+                 schema: Schema = STATION_ALARM) -> tuple[float, float, float]:
     """Decode in-memory batches in passes over ``values`` for about ``seconds``.
 
     Returns (best pass MB/s, its rows/s, mean MB/s over all passes): the best pass, like the best run of the
@@ -231,7 +243,7 @@ def bench_decode(values: list[bytes], batch: int, seconds: float) -> tuple[float
     """
     batches = [RawBatch.from_values(values[i : i + batch], first_offset=i) for i in range(0, len(values), batch)]
     nbytes = sum(b.nbytes for b in batches)
-    decoder = Decoder(STATION_ALARM)
+    decoder = Decoder(schema)
     decoder.decode(batches[0])  # warm-up
     passes: list[float] = []
     started = time.perf_counter()
@@ -257,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-events", type=int, default=None, help="naive baseline prefix (default 300k)")
     p.add_argument("--naive-seconds", type=float, default=None, help="naive baseline time cap (20 s quick)")
     p.add_argument("--skip-quix", action="store_true", help="do not build or run the Quix Streams venv")
+    p.add_argument("--format", choices=["json", "csv"], default="json",
+                   help="message encoding (csv: isostream and raw only; the baselines decode JSON)")
     args = p.parse_args(argv)
+    schema = STATION_ALARM.model_copy(update={"format": args.format})
+    baselines = args.format == "json"
     repeats = args.repeats or (2 if args.quick else 3)
     naive_events = args.naive_events or 300_000
     naive_s = args.naive_seconds or (20.0 if args.quick else 120.0)
@@ -265,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"events": args.events, "partitions": args.partitions, "compression": args.compression,
                 "max_messages": args.max_messages, "repeats": repeats, "best_of": True, "quick": args.quick,
                 "naive_prefix_events": naive_events, "naive_time_cap_s": naive_s, "broker": "tansu (in-memory)",
-                "consumer_settings": fetch_conf, "rate": "steady state: after first arrival, best of repeats"}
+                "consumer_settings": fetch_conf, "rate": "steady state: after first arrival, best of repeats",
+                "format": args.format}
     t_start = time.monotonic()
     log(f"generating {args.events:,} events")
-    values, keys = make_events(args.events)
+    values, keys = make_events(args.events, fmt=args.format)
     avg = float(np.mean([len(v) for v in values[:100_000]]))
     settings["avg_event_bytes"] = round(avg, 1)
     rows: list[dict[str, Any]] = []
@@ -287,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(repeats):
             raw.append(bench_raw(broker.bootstrap, topic, args.partitions, args.events, fetch_conf))
             log(f"raw consume-only (isostream consumer settings) run {i + 1}: {raw[-1]:,.0f}/s")
-            iso.append(bench_isostream(broker.bootstrap, topic, args.events, args.max_messages))
+            iso.append(bench_isostream(broker.bootstrap, topic, args.events, args.max_messages, schema))
             log(f"isostream source to DataFrames run {i + 1}: {iso[-1]:,.0f}/s")
             batches.append(bench_batches(broker.bootstrap, topic, args.events, args.max_messages))
             log(f"isostream KafkaBatchSource, raw batches only run {i + 1}: {batches[-1]:,.0f}/s")
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         "raw consume-only (same consumer settings)", best_raw, runs=batches))
         rows.append(row("isostream source vs raw consume-only (librdkafka defaults)", best_iso, "events/s",
                         "raw consume-only (librdkafka defaults)", max(raw_default)))
-        if not args.skip_quix:
+        if baselines and not args.skip_quix:
             python = ensure_quix_venv()
             log("quix streams run (consumer-group join takes ~20 s on tansu; not counted)")
             quix = bench_quix(python, broker.bootstrap, topic, args.events, fetch_conf)
@@ -310,14 +327,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row("quix streams 3.28.1 (json deserializer + 1 per-record step)", quix, "events/s"))
             rows.append(row("isostream source vs quix streams", best_iso, "events/s", "quix streams 3.28.1", quix,
                             goal_ratio=1.15))
-        naive, naive_n = bench_naive(broker.bootstrap, topic, args.partitions, naive_events, naive_s)
-        log(f"naive streamz from_kafka_batched + json.loads: {naive:,.0f}/s on the first {naive_n:,} events")
-        prefix = f"naive streamz from_kafka_batched + json.loads + DataFrame (first {naive_n:,} events, cap {naive_s:.0f} s)"
-        rows.append(row(prefix, naive, "events/s", prefix_events=naive_n))
-        rows.append(row("isostream source vs naive streamz", best_iso, "events/s", prefix, naive, goal_ratio=100))
-    mbs, rps, mean_mbs = bench_decode(sample, args.max_messages, 4.0 if args.quick else 10.0)
+        if baselines:
+            naive, naive_n = bench_naive(broker.bootstrap, topic, args.partitions, naive_events, naive_s)
+            log(f"naive streamz from_kafka_batched + json.loads: {naive:,.0f}/s on the first {naive_n:,} events")
+            prefix = f"naive streamz from_kafka_batched + json.loads + DataFrame (first {naive_n:,} events, cap {naive_s:.0f} s)"
+            rows.append(row(prefix, naive, "events/s", prefix_events=naive_n))
+            rows.append(row("isostream source vs naive streamz", best_iso, "events/s", prefix, naive, goal_ratio=100))
+    mbs, rps, mean_mbs = bench_decode(sample, args.max_messages, 4.0 if args.quick else 10.0, schema)
     log(f"decode alone: {mbs:,.0f} MB/s, {rps:,.0f} rows/s (best pass; mean {mean_mbs:,.0f} MB/s)")
-    rows.append(row("decode alone (pyarrow JSON -> pandas, schema enforced; best 200k-event pass)", mbs, "MB/s",
+    rows.append(row(f"decode alone (pyarrow {args.format.upper()} -> pandas, schema enforced; best 200k-event pass)",
+                    mbs, "MB/s",
                     "goal 150 MB/s on 2 cores", 150.0, rows_per_s=rps, mean_mb_per_s=mean_mbs))
     settings["seconds"] = round(time.monotonic() - t_start, 1)
     out = write_results(args.out, "ingest", rows, settings)
