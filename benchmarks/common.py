@@ -35,6 +35,16 @@ def write_results(path: str | Path, benchmark: str, rows: list[dict[str, Any]], 
     return p
 
 
+def finish(path: str | Path, benchmark: str, rows: list[dict[str, Any]], settings: dict[str, Any],
+           started: float, log: Any = print) -> int:
+    """Record the run's wall time (from ``time.monotonic()`` at ``started``), write and print the rows; exit 0."""
+    settings["seconds"] = round(time.monotonic() - started, 1)
+    out = write_results(path, benchmark, rows, settings)
+    log(f"wrote {out} in {settings['seconds']:.0f} s")
+    print_rows(rows)
+    return 0
+
+
 def print_rows(rows: list[dict[str, Any]]) -> None:
     """One line per result row, with its ratio to the baseline where it has one."""
     for r in rows:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import print_rows, row, write_results
+from benchmarks.common import finish, row
 from benchmarks.ingest import bench_raw, make_events, produce
 from engine.cluster import dask_client
 from engine.config import load
@@ -123,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     "mission target 10 MB/s", MISSION_MB_S))
     rows.append(row("engine whole run incl. cluster start and initial fit", max(r["total"] for r in runs),
                     "events/s", runs=[r["total"] for r in runs]))
-    settings["seconds"] = round(time.monotonic() - t_start, 1)
-    out = write_results(args.out, "engine", rows, settings)
-    log(f"wrote {out} in {settings['seconds']:.0f} s")
-    print_rows(rows)
-    return 0
+    return finish(args.out, "engine", rows, settings, t_start, log)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from benchmarks.common import print_rows, row, write_results
+from benchmarks.common import finish, row
 from streams.broker import EmbeddedBroker
 from streams.decode import Decoder
 from streams.generator import GeneratorSettings, StationAlarmGenerator
@@ -338,11 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(row(f"decode alone (pyarrow {args.format.upper()} -> pandas, schema enforced; best 200k-event pass)",
                     mbs, "MB/s",
                     "goal 150 MB/s on 2 cores", 150.0, rows_per_s=rps, mean_mb_per_s=mean_mbs))
-    settings["seconds"] = round(time.monotonic() - t_start, 1)
-    out = write_results(args.out, "ingest", rows, settings)
-    log(f"wrote {out} in {settings['seconds']:.0f} s")
-    print_rows(rows)
-    return 0
+    return finish(args.out, "ingest", rows, settings, t_start, log)
 
 
 if __name__ == "__main__":
