@@ -30,7 +30,8 @@ import pandas as pd
 
 from dashboards.aggregate import Kpis, PerSecond, RollingHistogram, Snapshot
 from dashboards.feed import KafkaFeed
-from dashboards.records import RawRecord, parse_alert, parse_score, parse_stats
+from dashboards.records import RawRecord, ScoreRecord, parse_alert, parse_score, parse_stats
+from engine.outputs import ScoresFormatError, decode_scores, is_arrow_scores
 
 #: alert fields not worth a table column (always true, or Kafka bookkeeping)
 HIDDEN_ALERT_FIELDS = frozenset(
@@ -77,6 +78,56 @@ class _Totals:
     threshold: float | None = None
 
 
+class _ScoreColumns:
+    """The usable events of one ``ingest_scores`` call, in order, from JSON and Arrow ``scores`` records."""
+
+    def __init__(self) -> None:
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._scores: list[float] = []
+        self._flagged: list[bool] = []
+        self._ts: list[float] = []
+        self.threshold: float | None = None  # of the last usable event
+        self.model_version: str | None = None
+
+    def add(self, rec: ScoreRecord, stamp: float) -> None:
+        self._scores.append(rec.score)
+        self._flagged.append(rec.is_anomaly)
+        self._ts.append(stamp)
+        self.threshold, self.model_version = rec.threshold, rec.model_version
+
+    def add_arrow(self, raw: bytes | bytearray, stamp: float) -> int:
+        """Add an Arrow record's events; returns how many bad records it counts for."""
+        try:
+            frame = decode_scores(raw)
+        except ScoresFormatError:
+            return 1
+        scores = frame["score"].to_numpy(dtype=np.float64, na_value=np.nan)
+        good = np.isfinite(scores)
+        if not good.any():  # an empty batch is no bad record
+            return int(len(scores))
+        self._flush()
+        flagged = frame["is_anomaly"].to_numpy(dtype=bool, na_value=False)[good]
+        self._chunks.append((scores[good], flagged, np.full(int(good.sum()), stamp)))
+        last = frame[good].iloc[-1]
+        self.threshold = float(last["threshold"]) if np.isfinite(last["threshold"]) else None
+        self.model_version = None if pd.isna(last["model_version"]) else str(last["model_version"])
+        return int(len(scores) - good.sum())
+
+    def _flush(self) -> None:
+        if self._scores:
+            self._chunks.append((np.asarray(self._scores, dtype=np.float64), np.asarray(self._flagged, dtype=bool),
+                                 np.asarray(self._ts, dtype=np.float64)))
+            self._scores, self._flagged, self._ts = [], [], []
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, is_anomaly, timestamps) of every usable event."""
+        self._flush()
+        if not self._chunks:
+            return np.empty(0), np.empty(0, dtype=bool), np.empty(0)
+        scores, flagged, ts = zip(*self._chunks, strict=True)
+        return np.concatenate(scores), np.concatenate(flagged), np.concatenate(ts)
+
+
 class LiveState:
     """Shared, thread-safe, bounded state of the engine's output topics; see the module docstring."""
 
@@ -115,34 +166,38 @@ class LiveState:
     def ingest_scores(self, records: Iterable[RawRecord], timestamps: Sequence[float] | None = None) -> int:
         """Fold ``scores`` records in; ``timestamps`` (epoch s, default now) place them on the timeline.
 
-        Returns how many records were usable; the others are counted as bad records.
+        A record is either one JSON event or one Arrow record of a whole batch (``engine.outputs``); the
+        events of an Arrow record share its timestamp. Returns how many events were usable; unreadable records
+        and events without a finite score are counted as bad records.
         """
         records = list(records)
         stamps = list(timestamps) if timestamps is not None else [self._clock()] * len(records)
         if len(stamps) != len(records):
             msg = f"ingest_scores: {len(records)} records but {len(stamps)} timestamps"
             raise ValueError(msg)
-        scores, flagged, ts = [], [], []
-        last = None
+        events = _ScoreColumns()
+        bad = 0
         for raw, stamp in zip(records, stamps, strict=True):
-            rec = parse_score(raw)
-            if rec is None:
+            if is_arrow_scores(raw):
+                bad += events.add_arrow(raw, stamp)
                 continue
-            scores.append(rec.score)
-            flagged.append(rec.is_anomaly)
-            ts.append(stamp)
-            last = rec
+            rec = parse_score(raw)  # one JSON event: the lenient per-record parser, no frame per event
+            if rec is None:
+                bad += 1
+                continue
+            events.add(rec, stamp)
+        scores, flagged, ts = events.arrays()
         with self._lock:
-            self._bad["scores"] += len(records) - len(scores)
-            if last is None:
+            self._bad["scores"] += bad
+            if not len(scores):
                 return 0
-            self._hist.add(np.asarray(scores, dtype=np.float64))
-            self._per_second.add(np.asarray(ts), np.asarray(flagged, dtype=bool), now=self._clock())
+            self._hist.add(scores)
+            self._per_second.add(ts, flagged, now=self._clock())
             t = self._totals
             t.scores_seen += len(scores)
-            t.score_anomalies += int(sum(flagged))
-            t.threshold = last.threshold if last.threshold is not None else t.threshold
-            t.model_version = last.model_version or t.model_version
+            t.score_anomalies += int(flagged.sum())
+            t.threshold = events.threshold if events.threshold is not None else t.threshold
+            t.model_version = events.model_version or t.model_version
             self._scores_seq += 1
             self._version += 1
         return len(scores)

@@ -32,6 +32,12 @@ def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("lake", {})["path"] = args.lake
     if getattr(args, "scheduler", None):
         over.setdefault("cluster", {})["scheduler"] = args.scheduler
+    if getattr(args, "registry", None):
+        over.setdefault("model", {})["save_dir"] = args.registry
+    if getattr(args, "delivery", None):
+        over.setdefault("runtime", {})["delivery"] = args.delivery
+    if getattr(args, "metrics_port", None) is not None:
+        over.setdefault("runtime", {})["metrics_port"] = args.metrics_port
     return over
 
 
@@ -45,14 +51,17 @@ def _add_config_args(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
         p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (kafka.bootstrap)")
         p.add_argument("--topic", help="input topic (kafka.input_topic)")
     p.add_argument("--lake", type=Path, help="Parquet lake folder (lake.path)")
+    p.add_argument("--registry", type=Path, help="model registry folder (model.save_dir)")
     p.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler (cluster.scheduler)")
 
 
 # -- commands ---------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
     from engine.cluster import dask_client
-    from engine.pipeline import Engine
     from engine.progress import report_printer
+    from engine.runtime import Runtime
 
     cfg = _config(args)
     stop = threading.Event()
@@ -64,14 +73,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         timer.start()
     with dask_client(cfg.cluster) as client:
         console.print(f"dask dashboard: {client.dashboard_link}")
-        engine = Engine(cfg, client)
-        engine.target_events = args.max_events
-        report = engine.run(stop, on_batch=report_printer(console, every_s=5.0))
-    console.print(
-        f"scored {report.events:,} events ({report.anomalies:,} anomalies, {report.dead_letters:,} dead letters)"
-        f" in {report.seconds:.1f}s; model {report.model_version}"
-    )
-    return 0
+        runtime = Runtime(cfg, client)
+        report = runtime.run(stop, max_events=args.max_events,
+                             on_progress=None if args.json else report_printer(console, every_s=5.0))
+    if args.json:
+        print(json.dumps({"records": report.records_in, "events": report.events, "anomalies": report.anomalies,
+                          "dead_letters": report.dead_letters, "seconds": round(report.seconds, 3),
+                          "model_versions": report.model_versions, "failed": report.failed,
+                          "restarts": report.restarts, "commits": report.commits}))
+    else:
+        console.print(
+            f"read {report.records_in:,} records: scored {report.events:,} events ({report.anomalies:,} anomalies),"
+            f" {report.dead_letters:,} dead letters, in {report.seconds:.1f}s; model {report.model_version}"
+        )
+    for name, reason in report.failed.items():
+        console.print(f"[red]pipeline {name} failed:[/] {reason}")
+    return 1 if report.failed else 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -160,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Consume the input topic, score every event, write the lake and topics.")
     _add_config_args(p)
     p.add_argument("--seconds", type=float, help="stop (after draining) after this many seconds")
-    p.add_argument("--max-events", type=int, help="stop after this many input records")
+    p.add_argument("--max-events", type=int, help="stop once this many input records (events and dead letters) "
+                   "are committed")
+    p.add_argument("--delivery", choices=["exactly_once", "at_least_once"], help="runtime.delivery")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus text on this port (runtime.metrics_port)")
+    p.add_argument("--json", action="store_true", help="print the run's totals as one JSON document")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("produce", help="replay a file or generated events into a topic at a given rate",

@@ -31,6 +31,10 @@ class Topics(_Section):
     alerts: str = "alerts"
     stats: str = "stats"
     dead_letter: str = "dead-letter"
+    #: per partition group: throughput, latency, lag, dead letters, model version (see engine/telemetry.py)
+    metrics: str = "metrics"
+    #: operators' commands to the running engine, e.g. {"action": "swap", "version": "v..."}
+    control: str = "control"
 
 
 class KafkaConfig(_Section):
@@ -48,8 +52,7 @@ class KafkaConfig(_Section):
     secrets: dict[str, SecretStr] = Field(default_factory=dict)
     max_batch_messages: int = Field(default=20_000, gt=0)
     max_batch_wait_ms: int = Field(default=200, gt=0)
-    max_in_flight: int = Field(default=4, gt=0)
-    #: where records that fail decoding go, besides the dead-letter topic (None = topic only)
+    #: where records that fail decoding go as Parquet, besides the dead-letter topic (None = <lake.path>/_dead_letter)
     dead_letter_dir: Path | None = None
 
     def client_settings(self) -> dict[str, Any]:
@@ -80,8 +83,14 @@ class ModelConfig(_Section):
     max_samples: int = Field(default=256, gt=1)
     contamination: float = Field(default=0.01, gt=0.0, lt=0.5)
     seed: int = 0
-    #: where fitted model versions are saved (a registry folder); None = do not save
-    save_dir: Path | None = Path("models")
+    #: the model registry: every version the engine fits or publishes, and the CURRENT pointer it follows
+    save_dir: Path = Path("models")
+    #: how often the coordinator publishes the online-adapted model as a new version that every worker swaps to
+    publish_every_s: float = Field(default=10.0, gt=0)
+    #: feature rows per micro-batch that each partition group sends to the coordinator to learn from
+    learn_sample: int = Field(default=2_048, ge=0)
+    #: with fewer than fit_on_first events in the input, fit on what arrived once nothing new came for this long
+    fit_idle_s: float = Field(default=3.0, gt=0)
 
 
 class WindowsConfig(_Section):
@@ -92,6 +101,46 @@ class WindowsConfig(_Section):
 
 class LakeConfig(_Section):
     path: Path = Path("lake")
+    #: the time zone whose calendar dates partition the lake (date=YYYY-MM-DD)
+    timezone: str = "UTC"
+    #: merge a partition's files of one day once it has this many ...
+    compact_min_files: int = Field(default=16, ge=2)
+    #: ... into files of up to this many rows
+    compact_target_rows: int = Field(default=1_000_000, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            msg = f"unknown time zone {v!r} (use an IANA name such as 'UTC' or 'Europe/Berlin')"
+            raise ValueError(msg) from None
+        return v
+
+
+class RuntimeConfig(_Section):
+    #: exactly_once: one Kafka transaction per commit carries the outputs and the input offsets;
+    #: at_least_once: outputs are flushed, then offsets committed (a crash may repeat topic records)
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    #: how often a partition group makes its work durable: lake files, checkpoint, then the Kafka commit
+    commit_interval_ms: int = Field(default=500, gt=0)
+    #: input partitions per partition group (one consumer, one producer, one checkpoint); None = spread the
+    #: partitions evenly over the workers
+    partitions_per_group: int | None = Field(default=None, gt=0)
+    #: checkpoints of per-key state and offsets (None = <lake.path>/_state); shared by every worker
+    state_dir: Path | None = None
+    #: a failing partition group is restarted from its checkpoint this many times in a row before its
+    #: pipeline is reported failed (a success resets the count)
+    max_restarts: int = Field(default=20, ge=0)
+    restart_backoff_s: float = Field(default=1.0, ge=0)
+    #: Prometheus text at http://metrics_host:metrics_port/metrics (port None = off, 0 = any free port)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, lt=65536)
+    #: how often each partition group reports progress and metrics to the driver
+    report_every_s: float = Field(default=1.0, gt=0)
 
 
 class ClusterConfig(_Section):
@@ -123,6 +172,10 @@ class Config(_Section):
     lake: LakeConfig = LakeConfig()
     cluster: ClusterConfig = ClusterConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    #: tenants: named pipelines, each the top-level kafka/schema/features/model/lake/windows with its own
+    #: overrides (input topic, output topics, lake path and registry must differ); empty = one pipeline
+    pipelines: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -137,6 +190,46 @@ class Config(_Section):
     @property
     def schema(self) -> Schema:  # type: ignore[override]
         return self.schema_
+
+    @property
+    def state_dir(self) -> Path:
+        """Where partition groups checkpoint their state (``runtime.state_dir`` or ``<lake.path>/_state``)."""
+        return self.runtime.state_dir if self.runtime.state_dir is not None else self.lake.path / "_state"
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        """Where dead letters are kept as Parquet (``kafka.dead_letter_dir`` or ``<lake.path>/_dead_letter``)."""
+        d = self.kafka.dead_letter_dir
+        return d if d is not None else self.lake.path / "_dead_letter"
+
+    def resolved_pipelines(self) -> dict[str, Config]:
+        """Every pipeline as a full configuration of its own: ``{"default": self}`` without tenants.
+
+        A tenant inherits the top level and overrides what it names; what it does not name but must not share
+        with the others (output topics, lake, registry) is derived from its name.
+        """
+        if not self.pipelines:
+            return {"default": self}
+        base = self.model_dump(by_alias=True, exclude={"pipelines"})
+        out: dict[str, Config] = {}
+        for name, over in self.pipelines.items():
+            if not isinstance(over, dict):
+                msg = f"pipelines.{name}: must be a mapping of overrides, got {type(over).__name__}"
+                raise ConfigError(msg)
+            derived: dict[str, Any] = {
+                "kafka": {"topics": {k: f"{name}-{v}" for k, v in self.kafka.topics.model_dump().items()
+                                     if k != "control"}, "group_id": f"{self.kafka.group_id}-{name}"},
+                "lake": {"path": str(self.lake.path / name)},
+                "model": {"save_dir": str(self.model.save_dir / name)},
+            }
+            try:
+                cfg = Config.model_validate(_merge(_merge(base, derived), over))
+            except ValidationError as err:
+                raise ConfigError(_format_error(err, f"pipelines.{name}")) from None
+            cfg.check_features_against_schema()
+            out[name] = cfg
+        _check_distinct(out)
+        return out
 
     def check_features_against_schema(self) -> None:
         names = {f.name: f.type for f in self.schema_.fields}
@@ -181,13 +274,29 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _check_distinct(pipelines: dict[str, Config]) -> None:
+    """Tenants must not read or write the same places: name the first clash."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, cfg in pipelines.items():
+        claims = [("kafka.input_topic", cfg.kafka.input_topic), ("lake.path", str(cfg.lake.path)),
+                  ("model.save_dir", str(cfg.model.save_dir))]
+        claims += [(f"kafka.topics.{k}", v) for k, v in cfg.kafka.topics.model_dump().items() if k != "control"]
+        for key, value in claims:
+            kind = key.split(".")[0] + (".topic" if key.startswith("kafka") else "")
+            other = seen.setdefault((kind, value), name)
+            if other != name:
+                msg = f"pipelines.{name}.{key}: {value!r} is already used by pipeline {other!r}"
+                raise ConfigError(msg)
+
+
 def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
-    """Validate a plain mapping into a :class:`Config`."""
+    """Validate a plain mapping into a :class:`Config` (tenants included)."""
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
     cfg.check_features_against_schema()
+    cfg.resolved_pipelines()
     return cfg
 
 

@@ -13,8 +13,8 @@ from rich.console import Console
 
 from engine.cluster import dask_client
 from engine.config import Config, with_overrides
-from engine.pipeline import Engine
 from engine.progress import report_printer
+from engine.runtime import RunReport, Runtime
 from streams.broker import EmbeddedBroker, create_topics
 from streams.generator import GeneratorSettings
 from streams.kafka_sink import KafkaSink
@@ -73,7 +73,7 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
     cfg = with_overrides(cfg, {"kafka": {"bootstrap": broker.bootstrap}})
     t = cfg.kafka.topics
     create_topics(broker.bootstrap, {cfg.kafka.input_topic: opts.partitions, t.scores: 1, t.alerts: 1,
-                                     t.stats: 1, t.dead_letter: 1})
+                                     t.stats: 1, t.dead_letter: 1, t.metrics: 1, t.control: 1})
     console.print(f"[green]broker[/] tansu on {broker.bootstrap}")
     produced = {"n": 0}
 
@@ -102,7 +102,8 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
             server = serve(state, host=cfg.dashboard.host, port=cfg.dashboard.port, show=opts.open_browser,
                            refresh_ms=cfg.dashboard.refresh_ms)
             console.print(f"[green]panel[/] dashboard http://{cfg.dashboard.host}:{cfg.dashboard.port}")
-        engine = Engine(cfg, client)
+        runtime = Runtime(cfg, client)
+        target: dict[str, int | None] = {"n": None}
         producer = threading.Thread(target=produce, name="demo-producer", daemon=True)
         producer.start()
 
@@ -112,12 +113,19 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
                 if deadline is not None and time.monotonic() > deadline + 5:
                     stopper.produce_stop.set()
                 producer.join(timeout=0.5)
-            engine.target_events = produced["n"]
+            target["n"] = produced["n"]
             console.print(f"producer done: {produced['n']:,} events; draining")
 
         watcher = threading.Thread(target=watch, name="demo-watch", daemon=True)
         watcher.start()
-        report = engine.run(stopper.engine_stop, on_batch=report_printer(console))
+        printer = report_printer(console)
+
+        def on_progress(report: RunReport) -> None:
+            printer(report)
+            if target["n"] is not None and report.records_in >= target["n"]:
+                stopper.engine_stop.set()
+
+        report = runtime.run(stopper.engine_stop, on_progress=on_progress)
         watcher.join(timeout=5)
         if server is not None:
             server.stop()

@@ -1,19 +1,56 @@
-"""Turns a scored batch into what leaves the engine: lake rows and scores / alerts / stats records."""
+"""Turns a scored batch into what leaves the engine: lake rows and scores / alerts / stats records.
+
+The ``scores`` topic carries one of two formats (docs/architecture.md), and :func:`decode_scores` reads both:
+
+- JSON (the default): one compact document per event, :func:`score_records`;
+- Arrow: one record per batch holding an Arrow IPC stream of :data:`SCORES_SCHEMA`, :func:`encode_scores_arrow`.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeGuard
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from streams.jsonl import to_json_lines
 
 #: lake column names for the Kafka coordinates of each event
 KAFKA_COLUMNS = {"_partition": "kafka_partition", "_offset": "kafka_offset", "_kafka_ts": "kafka_timestamp_ms"}
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
+
+#: the fields of a ``scores`` record, in order, with their types in the Arrow format
+SCORES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("event_time", pa.timestamp("ms", tz="UTC")),
+        ("score", pa.float64()),
+        ("threshold", pa.float64()),
+        ("is_anomaly", pa.bool_()),
+        ("model_version", pa.string()),
+        ("partition", pa.int64()),
+        ("offset", pa.int64()),
+    ]
+)
+#: an Arrow IPC stream starts with this continuation marker; a JSON record never does (0xFF is not UTF-8)
+ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
+
+# repr() writes a float in fixed notation in this range; Arrow writes the same shortest digits there, except
+# that it drops the ".0" of whole numbers and switches to exponents earlier (above ~1e10), so only those rows
+# need repr()
+_FIXED_LOW, _FIXED_HIGH = 1e-4, 1e16
+# np.datetime_as_string and Arrow's cast agree on these years (checked in tests/unit/test_outputs.py)
+_MS_MIN, _MS_MAX = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31T23:59:59.999
+
+
+class ScoresFormatError(ValueError):
+    """A ``scores`` record or frame that does not have the scores fields."""
 
 
 @dataclass(frozen=True)
@@ -37,22 +74,231 @@ def lake_frame(decoded: pd.DataFrame, fields: list[str], score, threshold, is_an
     return out.reset_index(drop=True)
 
 
-def score_records(scored: Scored, key_field: str | None, time_field: str) -> list[bytes]:
-    """The ``scores`` topic records (see docs/architecture.md)."""
+def _score_columns(scored: Scored, key_field: str | None, time_field: str) -> dict[str, pd.Series]:
     f = scored.frame
-    rec = pd.DataFrame(
-        {
-            "key": f[key_field].astype("string") if key_field else pd.Series([None] * len(f), dtype="string"),
-            "event_time": f[time_field],
-            "score": f["score"],
-            "threshold": f["threshold"],
-            "is_anomaly": f["is_anomaly"],
-            "model_version": f["model_version"],
-            "partition": f["kafka_partition"].astype(np.int64),
-            "offset": f["kafka_offset"].astype(np.int64),
-        }
-    )
-    return to_json_lines(rec)
+    return {
+        "key": f[key_field].astype("string") if key_field else pd.Series([None] * len(f), dtype="string"),
+        "event_time": f[time_field],
+        "score": f["score"],
+        "threshold": f["threshold"],
+        "is_anomaly": f["is_anomaly"],
+        "model_version": f["model_version"],
+        "partition": f["kafka_partition"].astype(np.int64),
+        "offset": f["kafka_offset"].astype(np.int64),
+    }
+
+
+def scores_frame(scored: Scored, key_field: str | None, time_field: str) -> pd.DataFrame:
+    """The :data:`SCORES_SCHEMA` columns of a scored batch, one row per event."""
+    return pd.DataFrame(_score_columns(scored, key_field, time_field))
+
+
+def score_records(scored: Scored, key_field: str | None, time_field: str) -> list[bytes]:
+    """The ``scores`` topic records in JSON, one per event (see docs/architecture.md).
+
+    Byte for byte what ``streams.jsonl.to_json_lines`` writes for :func:`scores_frame`, built with Arrow
+    kernels instead of numpy object arrays: ~4x the rows/s on 20k-row batches (measured in the tests' module
+    docstring). Floats are written as ``repr`` writes them; NaN and infinities as ``null``.
+    """
+    return _json_lines(_score_columns(scored, key_field, time_field))
+
+
+# -- JSON lines with Arrow kernels ------------------------------------------------------------------------
+#: one input of the join: a literal, or an Arrow string array with one text per row
+_Piece: TypeAlias = Any
+
+
+def _json_floats(vals: np.ndarray) -> list[_Piece]:
+    if _constant(vals):  # NaN is never equal to itself, so it takes the general path
+        return [repr(float(vals[0])) if np.isfinite(vals[0]) else "null"]
+    text = pc.cast(pa.array(vals), pa.string())
+    mag = np.abs(vals)
+    plain = (mag >= _FIXED_LOW) & (mag < _FIXED_HIGH) & (vals != np.trunc(vals))
+    plain &= ~pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
+    other = ~plain  # NaN and infinities are never plain
+    if other.any():
+        # unique by bit pattern (thresholds and whole numbers repeat), so that -0.0 and 0.0 stay apart
+        bits, inverse = np.unique(vals[other].view(np.int64), return_inverse=True)
+        texts = np.array([repr(v) if np.isfinite(v) else "null" for v in bits.view(np.float64).tolist()],
+                         dtype=object)
+        text = pc.replace_with_mask(text, pa.array(other), pa.array(texts[inverse.ravel()], pa.string()))
+    return [text]
+
+
+def _json_times(col: pd.Series) -> list[_Piece]:
+    naive = col.dt.tz_convert("UTC").dt.tz_localize(None) if col.dt.tz is not None else col
+    stamps = naive.to_numpy(dtype="datetime64[ms]")
+    missing = np.isnat(stamps)
+    ms = stamps.view(np.int64)
+    valid = ms[~missing]
+    if len(valid) and (valid.min() < _MS_MIN or valid.max() > _MS_MAX):
+        out = '"' + np.datetime_as_string(stamps, unit="ms").astype(object) + 'Z"'
+        out[missing] = "null"
+        return [pa.array(out, pa.string())]
+    if missing.any():
+        text = pc.replace_substring(pc.cast(pa.array(stamps, from_pandas=True), pa.string()), " ", "T",
+                                    max_replacements=1)
+        return [pc.binary_join_element_wise('"', text, 'Z"', "").fill_null("null")]
+    # a batch spans few distinct seconds: format each once, and the milliseconds from a table of 1,000
+    # (a third of the time of formatting every stamp)
+    seconds = ms // 1000
+    codes, uniques = pd.factorize(seconds)
+    whole = pc.cast(pa.array(np.asarray(uniques).astype("datetime64[s]")), pa.string())
+    whole = pc.replace_substring(whole, " ", "T", max_replacements=1)
+    return ['"', whole.take(pa.array(codes)), _MILLIS.take(pa.array(ms - seconds * 1000))]
+
+
+_MILLIS = pa.array([f'.{i:03d}Z"' for i in range(1000)], pa.string())
+
+
+def _json_texts(col: pd.Series) -> list[_Piece]:
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    if len(uniques) == 1 and codes[0] == 0 and (codes == 0).all():
+        return [json.dumps(str(uniques[0]))]
+    texts = pa.array([json.dumps(str(u)) for u in uniques] + ["null"], pa.string())
+    return [texts.take(pa.array(np.where(codes < 0, len(uniques), codes)))]
+
+
+def _constant(vals: np.ndarray) -> bool:
+    return bool((vals == vals[0]).all())
+
+
+def _json_column(col: pd.Series) -> list[_Piece]:
+    """One column as JSON value texts, the same branches as ``streams.jsonl`` takes.
+
+    A column with one value (threshold, model version, often partition) comes back as a literal, which
+    the join kernel then copies like the field names: each array input costs it ~0.25 ms per 20k rows.
+    """
+    if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(col):
+        return _json_times(col)
+    if pd.api.types.is_bool_dtype(col):
+        flags = col.to_numpy(dtype=bool)
+        if _constant(flags):
+            return ["true" if flags[0] else "false"]
+        return [pc.if_else(pa.array(flags), "true", "false")]
+    if pd.api.types.is_integer_dtype(col):
+        ints = col.to_numpy(dtype=np.int64)
+        return [str(int(ints[0]))] if _constant(ints) else [pc.cast(pa.array(ints), pa.string())]
+    if pd.api.types.is_float_dtype(col):
+        return _json_floats(col.to_numpy(dtype=np.float64))
+    return _json_texts(col)
+
+
+def _json_lines(columns: Mapping[str, pd.Series]) -> list[bytes]:
+    n = len(next(iter(columns.values()), ()))
+    if n == 0:
+        return []
+    pieces: list[_Piece] = []
+    for i, (name, col) in enumerate(columns.items()):
+        pieces.append(("{" if i == 0 else ",") + json.dumps(str(name)) + ":")
+        pieces.extend(_json_column(col))
+    pieces.append("}")
+    merged: list[_Piece] = []  # adjacent literals as one scalar: fewer inputs to the join kernel
+    for p in pieces:
+        last = merged[-1] if merged else None
+        if isinstance(p, str) and isinstance(last, str):
+            merged[-1] = last + p
+        else:
+            merged.append(p)
+    if not any(isinstance(p, pa.Array) for p in merged):  # only possible without columns
+        return []
+    line = pc.binary_join_element_wise(*merged, "")
+    return line.cast(pa.binary()).to_pylist()  # ~0.5 ms per 20k rows: not worth slicing the buffer by hand
+
+
+# -- the Arrow format ----------------------------------------------------------------------------------------
+def _arrow_column(frame: pd.DataFrame, field: pa.Field) -> pa.Array:
+    col = frame[field.name]
+    try:
+        if pa.types.is_timestamp(field.type):
+            if not (isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(col)):
+                msg = f"encode_scores_arrow: column 'event_time' has dtype {col.dtype}, not a timestamp"
+                raise ScoresFormatError(msg)
+            naive = col.dt.tz_convert("UTC").dt.tz_localize(None) if col.dt.tz is not None else col
+            # the same truncation to ms as the JSON format
+            return pa.array(naive.to_numpy(dtype="datetime64[ms]"), from_pandas=True).cast(field.type)
+        if pa.types.is_string(field.type):
+            return pa.array(col.astype("string"), from_pandas=True).cast(field.type)
+        return pa.array(col.to_numpy(dtype=field.type.to_pandas_dtype()))
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        if isinstance(exc, ScoresFormatError):
+            raise
+        msg = f"encode_scores_arrow: column {field.name!r} (dtype {col.dtype}) is not {field.type}: {exc}"
+        raise ScoresFormatError(msg) from exc
+
+
+def encode_scores_arrow(frame: pd.DataFrame, *, compression: str | None = "zstd") -> bytes:
+    """One ``scores`` record for a whole batch: an Arrow IPC stream of the :data:`SCORES_SCHEMA` columns.
+
+    ``frame`` is :func:`scores_frame`'s (other columns are ignored). ``compression`` is the IPC body codec
+    (``"zstd"``, ``"lz4"`` or None). A 20k-row batch is ~0.3 MB with zstd (as JSON records: ~3.7 MB), so a
+    producer writing much larger batches needs a ``message.max.bytes`` above Kafka's 1 MB default.
+
+    >>> frame = pd.DataFrame({"key": ["k"], "event_time": pd.to_datetime(["2027-01-15T08:00:00Z"]),
+    ...     "score": [0.7], "threshold": [0.6], "is_anomaly": [True], "model_version": ["v1"],
+    ...     "partition": [0], "offset": [5]})
+    >>> decode_scores(encode_scores_arrow(frame))[["key", "score", "is_anomaly", "offset"]].to_dict("records")
+    [{'key': 'k', 'score': 0.7, 'is_anomaly': True, 'offset': 5}]
+    """
+    missing = [name for name in SCORES_SCHEMA.names if name not in frame.columns]
+    if missing:
+        msg = f"encode_scores_arrow: the frame lacks the scores columns {missing}"
+        raise ScoresFormatError(msg)
+    table = pa.Table.from_arrays([_arrow_column(frame, f) for f in SCORES_SCHEMA], schema=SCORES_SCHEMA)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, SCORES_SCHEMA, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def is_arrow_scores(value: object) -> TypeGuard[bytes | bytearray]:
+    """Whether a ``scores`` record value is in the Arrow format (sniffs the IPC continuation marker)."""
+    return isinstance(value, bytes | bytearray) and value[:4] == ARROW_STREAM_MAGIC
+
+
+def decode_scores(value: bytes | bytearray) -> pd.DataFrame:
+    """A ``scores`` record in either format as a frame with the :data:`SCORES_SCHEMA` columns.
+
+    A JSON record is one row; missing fields are null. Raises :class:`ScoresFormatError` for anything else.
+
+    >>> decode_scores(b'{"key": "k", "event_time": "2027-01-15T08:00:00.000Z", "score": 0.7}').loc[0, "event_time"]
+    Timestamp('2027-01-15 08:00:00+0000', tz='UTC')
+    """
+    if is_arrow_scores(value):
+        try:
+            table = pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+        except pa.ArrowException as exc:
+            msg = f"decode_scores: an Arrow scores record of {len(value)} bytes that does not read: {exc}"
+            raise ScoresFormatError(msg) from exc
+        missing = [name for name in SCORES_SCHEMA.names if name not in table.schema.names]
+        if missing:
+            msg = f"decode_scores: the Arrow scores record lacks the columns {missing}"
+            raise ScoresFormatError(msg)
+        table = table.select(SCORES_SCHEMA.names)
+    else:
+        try:
+            rec = json.loads(value)
+        except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            msg = f"decode_scores: a scores record that is neither Arrow nor JSON: {bytes(value[:40])!r}"
+            raise ScoresFormatError(msg) from exc
+        if not isinstance(rec, dict):
+            msg = f"decode_scores: a JSON scores record must be an object, got {type(rec).__name__}"
+            raise ScoresFormatError(msg)
+        row = {name: [rec.get(name)] for name in SCORES_SCHEMA.names}
+        types = {f.name: pa.string() if f.name == "event_time" else f.type for f in SCORES_SCHEMA}
+        try:
+            arrays = [pa.array(row[name], types[name]) for name in SCORES_SCHEMA.names]
+            arrays[1] = arrays[1].cast(SCORES_SCHEMA.field("event_time").type)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            msg = f"decode_scores: a JSON scores record with a field of the wrong type: {exc}"
+            raise ScoresFormatError(msg) from exc
+        table = pa.Table.from_arrays(arrays, schema=SCORES_SCHEMA)
+    try:
+        table = table.cast(SCORES_SCHEMA)
+    except (pa.ArrowException, ValueError) as exc:
+        msg = f"decode_scores: the Arrow scores record has {table.schema}, not the scores types: {exc}"
+        raise ScoresFormatError(msg) from exc
+    return table.to_pandas()
 
 
 def alert_records(scored: Scored) -> tuple[list[bytes], list[bytes | None]]:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from engine.pipeline import RunReport
+from engine.runtime import RunReport
 
 
 def report_printer(console: Console, every_s: float = 2.0) -> Callable[[RunReport], None]:
-    """An ``Engine.run(on_batch=...)`` callback printing totals and the rate since its last line."""
+    """A ``Runtime.run(on_progress=...)`` callback printing totals and the rate since its last line."""
     last = {"t": time.monotonic(), "events": 0}
 
     def show(report: RunReport) -> None:
@@ -20,9 +20,11 @@ def report_printer(console: Console, every_s: float = 2.0) -> Callable[[RunRepor
             return
         rate = (report.events - last["events"]) / (now - last["t"])
         last["t"], last["events"] = now, report.events
+        failed = f"  FAILED {', '.join(report.failed)}" if report.failed else ""
+        restarts = f"  restarts {report.restarts}" if report.restarts else ""
         console.print(
             f"events {report.events:>11,}  {rate:>9,.0f}/s  anomalies {report.anomalies:>8,}  "
-            f"dead {report.dead_letters:>6,}  model {report.model_version}"
+            f"dead {report.dead_letters:>6,}  model {report.model_version}{restarts}{failed}"
         )
 
     return show

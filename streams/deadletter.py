@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import uuid
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streams.durable import atomic_writer
 from streams.metrics import Metrics
 
 
@@ -61,6 +62,49 @@ class DeadLetter:
                    base64.b64decode(d["key"]) if d["key"] is not None else None, base64.b64decode(d["value"]))
 
 
+_FILE = re.compile(r"^dead-p(\d+)-(\d{20})-(\d{20})\.parquet$")
+
+
+def write_dead_letters(directory: str | os.PathLike[str], letters: list[DeadLetter]) -> list[Path]:
+    """Keep ``letters`` as Parquet, one durable file per partition named by its offset range.
+
+    The name derives from the offsets, so a batch read again after a crash rewrites its file instead of
+    adding a second copy (as the lake does).
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for partition in sorted({d.partition for d in letters}):
+        mine = sorted((d for d in letters if d.partition == partition), key=lambda d: d.offset)
+        table = pa.table({
+            "reason": [d.reason.value for d in mine],
+            "detail": [d.detail for d in mine],
+            "topic": [d.topic for d in mine],
+            "partition": pa.array([d.partition for d in mine], pa.int32()),
+            "offset": pa.array([d.offset for d in mine], pa.int64()),
+            "key": pa.array([d.key for d in mine], pa.binary()),
+            "value": pa.array([d.value for d in mine], pa.binary()),
+        })
+        path = root / f"dead-p{partition}-{mine[0].offset:020d}-{mine[-1].offset:020d}.parquet"
+        with atomic_writer(path) as fh:
+            pq.write_table(table, fh)
+        written.append(path)
+    return written
+
+
+def dead_letter_files(directory: str | os.PathLike[str]) -> list[tuple[int, int, int, Path]]:
+    """``(partition, first offset, last offset, path)`` of every dead-letter file in ``directory``."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    out = []
+    for path in sorted(root.glob("dead-p*.parquet")):
+        m = _FILE.match(path.name)
+        if m:
+            out.append((int(m[1]), int(m[2]), int(m[3]), path))
+    return out
+
+
 class _Writer(Protocol):
     def write(self, values: list[bytes], keys: list[bytes | None] | None = None) -> None: ...
     def flush(self, timeout_s: float = 30.0) -> None: ...
@@ -91,21 +135,7 @@ class DeadLetterSink:
 
     def _write_parquet(self, letters: list[DeadLetter]) -> None:
         assert self.directory is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "reason": [d.reason.value for d in letters],
-            "detail": [d.detail for d in letters],
-            "topic": [d.topic for d in letters],
-            "partition": pa.array([d.partition for d in letters], pa.int32()),
-            "offset": pa.array([d.offset for d in letters], pa.int64()),
-            "key": pa.array([d.key for d in letters], pa.binary()),
-            "value": pa.array([d.value for d in letters], pa.binary()),
-        })
-        first = letters[0]
-        name = f"dead-p{first.partition}-{first.offset:020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.directory / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.directory / name)
+        write_dead_letters(self.directory, letters)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         if self.topic_sink is not None:

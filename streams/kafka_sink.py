@@ -61,12 +61,14 @@ class KafkaSink:
                 self.delivered += 1
 
     def write(self, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None,
-              partitions: Sequence[int] | None = None) -> None:
-        """Queue records for delivery (blocks, serving callbacks, while librdkafka's queue is full).
+              partitions: Sequence[int] | None = None, *, topic: str | None = None) -> None:
+        """Queue records for delivery to ``topic`` (default: the sink's) while librdkafka's queue has room.
 
-        Without ``partitions`` the producer's partitioner places each record by its key.
+        Without ``partitions`` the producer's partitioner places each record by its key. One transactional
+        sink writes every output topic of a transaction this way.
         """
-        produce, cb, topic = self._producer.produce, self._on_delivery, self.topic
+        produce, cb = self._producer.produce, self._on_delivery
+        topic = topic or self.topic
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else None
             while True:

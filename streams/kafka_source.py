@@ -71,6 +71,7 @@ class KafkaBatchSource:
         max_messages: int = 20_000,
         max_wait_ms: int = 200,
         start: Literal["committed", "earliest", "latest"] = "committed",
+        start_offsets: dict[int, int] | None = None,
         metrics: Metrics | None = None,
         metadata_timeout_s: float = 30.0,
     ) -> None:
@@ -87,7 +88,7 @@ class KafkaBatchSource:
             self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         else:
             parts = list(partitions) if partitions is not None else self._partitions(metadata_timeout_s)
-            self._assign(parts, start)
+            self._assign(parts, start, start_offsets or {})
 
     # -- assignment --------------------------------------------------------------------------------------
     def _partitions(self, timeout_s: float) -> list[int]:
@@ -102,9 +103,12 @@ class KafkaBatchSource:
                 raise KafkaSourceError(msg)
             time.sleep(0.2)
 
-    def _assign(self, partitions: list[int], start: str) -> None:
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if start == "committed":
+    def _assign(self, partitions: list[int], start: str, explicit: dict[int, int]) -> None:
+        """Assign ``partitions``: at ``explicit`` offsets where given, else from ``start``."""
+        tps = [TopicPartition(self.topic, p) for p in partitions if p not in explicit]
+        if not tps:
+            pass
+        elif start == "committed":
             committed = self._consumer.committed(tps, timeout=30)
             for tp in committed:
                 if tp.offset < 0:
@@ -113,6 +117,7 @@ class KafkaBatchSource:
         else:
             for tp in tps:
                 tp.offset = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
+        tps += [TopicPartition(self.topic, p, o) for p, o in explicit.items() if p in partitions]
         self._consumer.assign(tps)
         self._position = {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
         log.info("assigned %s", [(tp.partition, tp.offset) for tp in tps])
@@ -180,6 +185,10 @@ class KafkaBatchSource:
             msg = f"kafka source: commit of {offsets} failed: {err}"
             raise KafkaSourceError(msg) from err
         self.metrics.inc("source_commits")
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, which a transaction needs to commit this source's offsets."""
+        return self._consumer.consumer_group_metadata()
 
     def committed(self) -> dict[int, int]:
         """The group's committed offsets for the assigned partitions (-1 = none yet)."""

@@ -7,12 +7,14 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 
-def topic_values(bootstrap: str, topic: str, partitions: int = 1, *, idle_s: float = 2.0) -> list[bytes]:
+def topic_values(bootstrap: str, topic: str, partitions: int = 1, *, idle_s: float = 2.0,
+                 committed_only: bool = False) -> list[bytes]:
     """Every record value in ``topic`` from the beginning, read until nothing arrives for ``idle_s``.
 
     tansu reports the high watermark as the last batch's base offset + 1, so ``high - low`` undercounts.
     """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests-read-back", "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests-read-back", "enable.auto.commit": False,
+                         "isolation.level": "read_committed" if committed_only else "read_uncommitted"})
     out: list[bytes] = []
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])

@@ -164,6 +164,22 @@ class Detector:
         drift, renewed = (self._learn(X, scores, int(flagged.sum())) if n else (False, 0))
         return ScoredBatch(scores, np.full(n, thr), flagged, version, drift, renewed)
 
+    def learn(self, X: np.ndarray, scores: np.ndarray, n_flagged: int | None = None) -> tuple[bool, int]:
+        """Adapt to rows that were scored elsewhere (``scores`` by the version they were scored with).
+
+        What :meth:`score_batch` does after scoring, for a coordinator that learns from the samples of many
+        scorers. Returns (drift fired, trees renewed).
+        """
+        X = _as_matrix(X, self.feature_names)
+        scores = np.asarray(scores, dtype=np.float64)
+        if len(scores) != len(X):
+            msg = f"detector.learn: {len(X)} rows but {len(scores)} scores"
+            raise ForestError(msg)
+        if not len(X):
+            return False, 0
+        flagged = int(np.count_nonzero(scores > self.threshold)) if n_flagged is None else int(n_flagged)
+        return self._learn(X, scores, flagged)
+
     def _learn(self, X: np.ndarray, scores: np.ndarray, n_flagged: int) -> tuple[bool, int]:
         self.events_seen += len(X)
         if not self.online.enabled:

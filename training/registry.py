@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from streams.durable import atomic_write_bytes, atomic_writer, fsync_dir
+
 ARRAYS = "arrays.npz"
 META = "meta.json"
 FORMAT = 2
@@ -58,10 +60,9 @@ def save_version(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], me
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with open(tmp / ARRAYS, "wb") as fh:
+        # both files (and their names in the hidden directory) are on disk before the directory is renamed
+        with atomic_writer(tmp / ARRAYS) as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
-            fh.flush()
-            os.fsync(fh.fileno())
         doc = {**meta, "format": FORMAT}
         try:
             doc["sha256"] = {ARRAYS: _file_sha256(tmp / ARRAYS), "meta": _meta_sha256(doc)}
@@ -69,10 +70,11 @@ def save_version(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], me
         except (TypeError, ValueError) as err:
             msg = f"registry: metadata is not plain JSON ({err})"
             raise RegistryError(msg) from None
-        (tmp / META).write_text(text)
+        atomic_write_bytes(tmp / META, text.encode())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(final.parent)  # the rename itself
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -1,0 +1,290 @@
+"""A partition group: the whole chain for a share of the input partitions, in one long-running loop.
+
+``source -> decode -> features -> [model gate] -> score -> outputs -> committer``. The loop reads a batch,
+pushes it through the streamz graph, and every ``runtime.commit_interval_ms`` makes the interval durable in
+one order that crash recovery relies on:
+
+1. the lake files of the interval (fsync'd, named by partition and offset range) and its dead letters;
+2. a checkpoint of every partition's feature state at the offsets being committed;
+3. the Kafka commit: one transaction with the topic records and the input offsets (exactly-once), or the
+   records flushed and then the offsets committed (at-least-once).
+
+On start (:meth:`GroupRunner.recover`) the group reads the committed offsets, removes lake files and dead
+letters written past them (a crash between 1 and 3), restores each partition's state from the checkpoint
+saved at exactly those offsets, and reads on from there: its results equal an uninterrupted run's.
+
+Until the pipeline's first model is published, batches with rows wait in order behind a gate (their feature
+rows go to the coordinator to fit on); batches of dead letters only pass as soon as nothing waits before them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from streamz import Stream
+
+from engine import steps
+from engine.checkpoint import CheckpointStore, PartitionState
+from engine.committer import Committer
+from engine.config import Config
+from engine.model_holder import ModelHolder
+from engine.outputs import Scored, stats_record
+from engine.source import Source
+from engine.telemetry import GroupMetrics
+from streams.deadletter import DeadLetter, write_dead_letters
+from streams.decode import Decoder
+from streams.lake import LakeWriter
+from streams.records import RawBatch
+
+log = logging.getLogger(__name__)
+
+#: in-memory cap on rows waiting for the first model, in multiples of model.fit_on_first (backpressure)
+_GATE_FACTOR = 4
+
+
+def group_name(partitions: list[int]) -> str:
+    """A stable name of a partition group: ``p0.2.4``."""
+    return "p" + ".".join(str(p) for p in sorted(partitions))
+
+
+@dataclass
+class GroupParts:
+    """What a group is built from: real Kafka parts on a worker, in-memory ones in unit tests."""
+
+    source: Source
+    committer: Committer
+    lake: LakeWriter
+    checkpoints: CheckpointStore
+    holder: ModelHolder
+    #: hands a learning sample (feature rows, their scores) to the pipeline's model coordinator
+    learn: Callable[[dict[str, Any]], None]
+    #: hands a progress snapshot to the driver
+    report: Callable[[dict[str, Any]], None] = lambda snapshot: None
+    dead_dir: Path | None = None
+
+
+@dataclass
+class _Interval:
+    """What has been processed since the last commit."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+    kafka_ts: list[np.ndarray] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    dirty: bool = False
+
+
+class GroupRunner:
+    """Runs the chain for ``partitions`` of one pipeline until ``should_stop()``; see the module doc."""
+
+    def __init__(self, cfg: Config, partitions: list[int], parts: GroupParts, *, pipeline: str = "default") -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.partitions = sorted(partitions)
+        self.name = group_name(self.partitions)
+        self.parts = parts
+        self.decoder = Decoder(cfg.schema, cfg.cluster.backend)
+        self.features = steps.PartitionFeatures(cfg.features, cfg.schema)
+        t = cfg.kafka.topics
+        self.spec = steps.OutputSpec(tuple(f.name for f in cfg.schema.fields), cfg.schema.key,
+                                     cfg.schema.event_time.field, t.scores, t.alerts, t.dead_letter)
+        self.metrics = GroupMetrics(pipeline=pipeline, group=self.name)
+        self.gate: deque[steps.Batch] = deque()
+        self.interval = _Interval()
+        self.done: dict[int, int] = {}
+        self.start_offsets: dict[int, int] = {}
+        self.committed_offsets: dict[int, int] = {}
+        self._head, self._tail = self._build_streams()
+        self._last_commit = time.monotonic()
+        self._last_report = 0.0
+        self._rate_mark = (time.monotonic(), 0)
+        self._commits = 0
+
+    # -- the graph -------------------------------------------------------------------------------------------
+    def _build_streams(self) -> tuple[Stream, Stream]:
+        """Two streamz graphs joined by the model gate: decode -> features, then score -> outputs."""
+        head = Stream()
+        head.map(steps.decode, self.decoder).map(steps.features, self.features).sink(self._arrived)
+        tail = Stream()
+        tail.map(steps.score, self.parts.holder).map(steps.outputs, self.spec).sink(self._scored)
+        return head, tail
+
+    def _arrived(self, batch: steps.Batch) -> None:
+        self.metrics.records_in += len(batch.raw)
+        if self.parts.holder.current is None and batch.rows:
+            assert batch.X is not None
+            self.parts.learn({"group": self.name, "X": batch.X.astype(np.float32), "fit": True})
+        self.gate.append(batch)
+
+    def _scored(self, result: tuple[steps.Batch, list[steps.TopicRecords]]) -> None:
+        batch, records = result
+        for r in records:
+            self.parts.committer.send(r)
+        if batch.lake is not None:
+            self.parts.lake.add(batch.lake)
+            self._send_sample(batch)
+            stats = stats_record(Scored(batch.lake, [], []), dead_letters=len(batch.dead),
+                                 lag=self.metrics.lag, batch_latency_s=0.0, events_per_s=self.metrics.events_per_s)
+            self.parts.committer.send(steps.TopicRecords(self.cfg.kafka.topics.stats, [stats]))
+            self.metrics.events_scored += batch.rows
+            assert batch.is_anomaly is not None
+            self.metrics.anomalies += int(np.count_nonzero(batch.is_anomaly))
+            self.metrics.model_version = batch.model_version or self.metrics.model_version
+        for d in batch.dead:
+            self.metrics.dead_letters[d.reason.value] = self.metrics.dead_letters.get(d.reason.value, 0) + 1
+        self.interval.dead += batch.dead
+        self.interval.offsets.update(batch.offsets)
+        self.interval.kafka_ts.append(batch.raw.timestamps_ms)
+        self.interval.dirty = True
+
+    def _send_sample(self, batch: steps.Batch) -> None:
+        n = self.cfg.model.learn_sample
+        if n <= 0 or batch.X is None or batch.score is None or batch.is_anomaly is None:
+            return
+        X, s = batch.X, batch.score
+        if len(X) > n:  # a uniform sample keeps the coordinator's window representative of every partition
+            idx = np.sort(np.random.default_rng(len(X) + self._commits).choice(len(X), n, replace=False))
+            X, s = X[idx], s[idx]
+        self.parts.learn({"group": self.name, "X": X.astype(np.float32), "scores": s,
+                          "flagged": int(np.count_nonzero(batch.is_anomaly)), "rows": batch.rows,
+                          "version": batch.model_version})
+
+    def process(self, raw: RawBatch) -> None:
+        """Push one raw batch through the chain (it may wait at the model gate), then release what can go."""
+        if len(raw):
+            self._head.emit(steps.Batch(raw))
+        self._release()
+
+    def _release(self) -> None:
+        """Pass gated batches on, in order, while a model exists (or the head batch has no rows)."""
+        while self.gate and (self.parts.holder.current is not None or self.gate[0].rows == 0):
+            self._tail.emit(self.gate.popleft())
+
+    # -- recovery ------------------------------------------------------------------------------------------
+    def recover(self) -> dict[int, int]:
+        """Undo what was written past the committed offsets and restore state saved at them; returns them."""
+        committed = self.parts.source.committed()
+        start = {p: max(int(committed.get(p, -1)), 0) for p in self.partitions}
+        removed = self.parts.lake.recover(start)
+        if self.parts.dead_dir is not None:
+            removed += _recover_dead(self.parts.dead_dir, start)
+        states = self.parts.checkpoints.find(start)
+        for p in self.partitions:
+            if p in states:
+                self.features.restore(p, states[p].arrays)
+            elif start[p] > 0:
+                log.warning("%s/%s: no checkpoint at committed offset %d of partition %d; its per-key "
+                            "features restart empty", self.pipeline, self.name, start[p], p)
+        self.done = dict(start)
+        self.start_offsets = dict(start)
+        self.committed_offsets = dict(start)
+        if removed:
+            log.info("%s/%s: removed %d files written past the committed offsets", self.pipeline, self.name,
+                     len(removed))
+        self.metrics.restored_partitions = len(states)
+        return start
+
+    # -- commit ---------------------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make the interval durable: lake + dead letters, checkpoint, then the Kafka commit."""
+        iv = self.interval
+        if not iv.dirty:
+            return
+        self.parts.lake.flush()
+        if iv.dead and self.parts.dead_dir is not None:
+            write_dead_letters(self.parts.dead_dir, iv.dead)
+        self.done.update(iv.offsets)
+        states = {p: PartitionState(self.done[p], self.features.state(p)) for p in self.partitions}
+        self.parts.checkpoints.save(states, {"model_version": self.parts.holder.version})
+        self.parts.committer.commit(dict(self.done))
+        self.committed_offsets = dict(self.done)
+        now_ms = time.time() * 1000.0
+        if iv.kafka_ts:
+            ts = np.concatenate(iv.kafka_ts)
+            self.metrics.latency.observe_many(now_ms - ts[ts > 0])
+        self.metrics.commits += 1
+        self._commits += 1
+        self.interval = _Interval()
+        self._last_commit = time.monotonic()
+        if self._commits % 8 == 0:  # merge small lake files now and then, off the per-batch path
+            self.parts.lake.compact(self.partitions)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def _maybe_report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < self.cfg.runtime.report_every_s:
+            return
+        self._last_report = now
+        t0, n0 = self._rate_mark
+        self.metrics.events_per_s = (self.metrics.records_in - n0) / max(now - t0, 1e-6)
+        self._rate_mark = (now, self.metrics.records_in)
+        try:
+            self.metrics.lag = int(sum(self.parts.source.lag().values()))
+        except Exception:  # noqa: BLE001 - lag is informative; never stop the stream for it
+            pass
+        self.metrics.waiting_for_model = len(self.gate) > 0 and self.parts.holder.current is None
+        self.parts.report(self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The metrics plus the committed offsets per partition and where this run of the group began."""
+        return {**self.metrics.snapshot(), "offsets": {str(p): int(o) for p, o in self.committed_offsets.items()},
+                "start_offsets": {str(p): int(o) for p, o in self.start_offsets.items()},
+                "model_error": self.parts.holder.last_error}
+
+    def run(self, should_stop: Callable[[], bool]) -> dict[str, Any]:
+        """Recover, then process until ``should_stop()``; drains, commits and returns the final snapshot."""
+        self.recover()
+        interval_s = self.cfg.runtime.commit_interval_ms / 1000.0
+        cap = _GATE_FACTOR * self.cfg.model.fit_on_first
+        stopping = False
+        try:
+            while True:
+                self._maybe_report()
+                if not stopping and should_stop():
+                    stopping = True
+                gated = sum(b.rows for b in self.gate)
+                self.parts.holder.refresh()
+                if not stopping and gated < cap:
+                    raw = self.parts.source.poll_batch()
+                    if raw is not None:
+                        self.process(raw)
+                elif self.gate:
+                    time.sleep(0.05)  # waiting for the first model: do not spin
+                self._release()
+                if time.monotonic() - self._last_commit >= interval_s:
+                    self.commit()
+                if stopping and (not self.gate or self._waited_too_long()):
+                    break
+            self.commit()
+        finally:
+            self._maybe_report(force=True)
+            self.parts.committer.close()
+            self.parts.source.close()
+        return self.snapshot()
+
+    def _waited_too_long(self) -> bool:
+        """Stopping while rows still wait for a first model: give the coordinator its idle fit, then give up."""
+        if not hasattr(self, "_stop_wait_until"):
+            self._stop_wait_until = time.monotonic() + 3 * self.cfg.model.fit_idle_s + 10.0
+        if time.monotonic() > self._stop_wait_until:
+            log.warning("%s/%s: stopped with %d rows that never got a model; they stay uncommitted",
+                        self.pipeline, self.name, sum(b.rows for b in self.gate))
+            return True
+        return False
+
+
+def _recover_dead(directory: Path, start: dict[int, int]) -> list[Path]:
+    """Dead-letter files of these partitions written past their committed offsets."""
+    from streams.deadletter import dead_letter_files
+    from streams.durable import remove_durably
+
+    stale = [path for p, first, _, path in dead_letter_files(directory) if p in start and first >= start[p]]
+    if stale:
+        remove_durably(stale)
+    return stale

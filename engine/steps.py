@@ -1,0 +1,188 @@
+"""The steps of the streaming chain: each a function of one :class:`Batch` and an explicit state object.
+
+``decode -> features -> score -> outputs``. State that spans batches lives in the objects passed in (per
+partition feature state, the model holder, the output buffers), never in globals, so a partition group can
+checkpoint it and a test can drive the chain with in-memory parts. streamz composes the steps
+(:func:`engine.group.build_streams`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from engine.config import FeaturesConfig
+from engine.features import FeatureBuilder, KeyState
+from engine.model_holder import ModelHolder
+from engine.outputs import Scored, alert_records, lake_frame, score_records
+from streams.deadletter import DeadLetter
+from streams.decode import Decoder
+from streams.records import RawBatch
+from streams.schema import Schema
+
+
+class StepError(RuntimeError):
+    """A step cannot run on this batch (no model yet, missing columns)."""
+
+
+@dataclass
+class Batch:
+    """One micro-batch as it moves through the chain; each step fills in its part."""
+
+    raw: RawBatch
+    frame: pd.DataFrame | None = None
+    dead: list[DeadLetter] = field(default_factory=list)
+    X: np.ndarray | None = None
+    score: np.ndarray | None = None
+    threshold: np.ndarray | None = None
+    is_anomaly: np.ndarray | None = None
+    model_version: str | None = None
+    explanations: list[str | None] | None = None
+    lake: pd.DataFrame | None = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.frame is None else len(self.frame)
+
+    @property
+    def offsets(self) -> dict[int, int]:
+        """Partition -> next offset once this batch is done."""
+        return self.raw.next_offsets()
+
+
+# -- decode --------------------------------------------------------------------------------------------------
+def decode(batch: Batch, decoder: Decoder) -> Batch:
+    """Raw bytes -> schema-checked frame and dead letters (bad records never raise)."""
+    out = decoder.decode(batch.raw)
+    frame = out.frame
+    if decoder.backend == "gpu":
+        # per-key features, the lake writer and the topic encoders run on the host (untested on a GPU)
+        frame = frame.to_pandas()
+    batch.frame, batch.dead = frame, out.dead
+    return batch
+
+
+# -- features ------------------------------------------------------------------------------------------------
+class PartitionFeatures:
+    """One :class:`FeatureBuilder` per input partition, so state checkpoints and moves per partition."""
+
+    def __init__(self, cfg: FeaturesConfig, schema: Schema) -> None:
+        self.cfg = cfg
+        self.schema = schema
+        self.builders: dict[int, FeatureBuilder] = {}
+        self.names = FeatureBuilder(cfg, schema).names
+
+    def builder(self, partition: int) -> FeatureBuilder:
+        fb = self.builders.get(partition)
+        if fb is None:
+            fb = self.builders[partition] = FeatureBuilder(self.cfg, self.schema)
+        return fb
+
+    def restore(self, partition: int, arrays: dict[str, np.ndarray]) -> None:
+        self.builders[partition] = FeatureBuilder(self.cfg, self.schema, KeyState.from_arrays(arrays))
+
+    def state(self, partition: int) -> dict[str, np.ndarray]:
+        return self.builder(partition).state.to_arrays()
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        parts = frame["_partition"].to_numpy()
+        if len(parts) == 0:
+            return np.empty((0, len(self.names)))
+        first = int(parts[0])
+        if (parts == first).all():
+            return self.builder(first).transform(frame)
+        X = np.empty((len(frame), len(self.names)))
+        for p in np.unique(parts).tolist():
+            idx = np.flatnonzero(parts == p)  # rows keep their order within a partition: state stays exact
+            X[idx] = self.builder(int(p)).transform(frame.iloc[idx])
+        return X
+
+
+def features(batch: Batch, state: PartitionFeatures) -> Batch:
+    """Decoded frame -> feature matrix, updating each partition's per-key state."""
+    if batch.rows:
+        assert batch.frame is not None
+        batch.X = state.transform(batch.frame)
+    else:
+        batch.X = np.empty((0, len(state.names)))
+    return batch
+
+
+# -- score ---------------------------------------------------------------------------------------------------
+def score(batch: Batch, holder: ModelHolder) -> Batch:
+    """Score with the holder's model (a batch with no rows needs none); flagged rows get explanations."""
+    n = batch.rows
+    if n == 0:
+        batch.score = batch.threshold = np.zeros(0)
+        batch.is_anomaly = np.zeros(0, dtype=bool)
+        batch.explanations = []
+        return batch
+    det = holder.current
+    if det is None:
+        msg = "score: no model yet (the coordinator has not published one)"
+        raise StepError(msg)
+    assert batch.X is not None
+    s = det.score(batch.X)
+    thr = det.threshold
+    flagged = s > thr
+    batch.score, batch.threshold, batch.is_anomaly = s, np.full(n, thr), flagged
+    batch.model_version = det.version
+    batch.explanations = explain(det, batch.X, flagged, holder.feature_names)
+    return batch
+
+
+def explain(det, X: np.ndarray, flagged: np.ndarray, names: tuple[str, ...]) -> list[str | None]:
+    """The top three features behind each flagged row, as ``name=share`` text; None for the others."""
+    out: list[str | None] = [None] * len(X)
+    idx = np.flatnonzero(flagged)
+    if len(idx) == 0:
+        return out
+    for row, i in zip(det.explain(X[idx]), idx, strict=True):
+        top = np.argsort(-row)[:3]
+        out[i] = ", ".join(f"{names[j]}={row[j]:.2f}" for j in top)
+    return out
+
+
+# -- outputs -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TopicRecords:
+    """Records for one output topic."""
+
+    topic: str
+    values: list[bytes]
+    keys: list[bytes | None] | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the outputs step needs to know about the pipeline."""
+
+    fields: tuple[str, ...]
+    key_field: str | None
+    time_field: str
+    scores_topic: str
+    alerts_topic: str
+    dead_letter_topic: str
+
+
+def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
+    """The batch's lake rows (kept on the batch) and its records for the output topics."""
+    records: list[TopicRecords] = []
+    if batch.dead:
+        records.append(TopicRecords(spec.dead_letter_topic, [d.to_json() for d in batch.dead],
+                                    [d.key for d in batch.dead]))
+    if not batch.rows:
+        return batch, records
+    assert batch.frame is not None and batch.model_version is not None
+    lake = lake_frame(batch.frame, list(spec.fields), batch.score, batch.threshold, batch.is_anomaly,
+                      batch.model_version)
+    keys = [k.encode() if isinstance(k, str) else None for k in batch.frame["_key"].tolist()]
+    scored = Scored(lake, keys, batch.explanations or [None] * len(lake))
+    records.append(TopicRecords(spec.scores_topic, score_records(scored, spec.key_field, spec.time_field), keys))
+    alerts, alert_keys = alert_records(scored)
+    if alerts:
+        records.append(TopicRecords(spec.alerts_topic, alerts, alert_keys))
+    batch.lake = lake
+    return batch, records

@@ -1,0 +1,222 @@
+"""The whole chain on in-memory parts: source, steps, committer, lake, checkpoints, model coordinator.
+
+No Kafka and no Dask: the same :class:`engine.group.GroupRunner` a worker runs, fed by a
+:class:`engine.source.MemorySource`, committing into a :class:`engine.committer.MemoryCommitter`.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.checkpoint import CheckpointStore
+from engine.committer import MemoryCommitter
+from engine.config import Config, load
+from engine.coordinator import ModelCoordinator
+from engine.features import FeatureBuilder
+from engine.group import GroupParts, GroupRunner
+from engine.model_holder import ModelError, ModelHolder
+from engine.source import MemorySource
+from engine.steps import PartitionFeatures
+from streams.generator import GeneratorSettings, StationAlarmGenerator, to_json_lines
+from streams.lake import LakeWriter, read_lake
+from streams.records import RawBatch
+from training.current import read_current, set_current
+from training.detector import Detector
+
+REPO = Path(__file__).resolve().parents[2]
+PARTITIONS = [0, 1]
+
+
+def _cfg(tmp: Path, **runtime) -> Config:
+    return load(REPO / "configs" / "demo.yaml", environ={}, overrides={
+        "lake": {"path": str(tmp / "lake")},
+        "model": {"save_dir": str(tmp / "models"), "fit_on_first": 1_000, "publish_every_s": 0.001},
+        "runtime": {"commit_interval_ms": 1, **runtime},
+    })
+
+
+def _batches(n: int, seed: int, bad_every: int = 0, size: int = 500) -> list[RawBatch]:
+    """Generated events keyed like a Kafka producer would (key -> partition), cut into batches per partition."""
+    frame = StationAlarmGenerator(GeneratorSettings(seed=seed)).next_chunk(n)
+    values = to_json_lines(frame.drop(columns=["label", "anomaly_kind"], errors="ignore"))
+    keys = [k.encode() for k in frame["datapoint_id"]]
+    if bad_every:
+        values = [b"{not json" if i % bad_every == 0 else v for i, v in enumerate(values)]
+    part = np.array([zlib.crc32(k) % len(PARTITIONS) for k in keys], dtype=np.int32)
+    out: list[RawBatch] = []
+    for p in PARTITIONS:
+        idx = np.flatnonzero(part == p)
+        offsets = np.arange(len(idx), dtype=np.int64)
+        for a in range(0, len(idx), size):
+            sel = idx[a:a + size]
+            out.append(RawBatch("events", [values[i] for i in sel], [keys[i] for i in sel],
+                                np.full(len(sel), p, dtype=np.int32), offsets[a:a + len(sel)],
+                                np.full(len(sel), 1_000, dtype=np.int64)))
+    out.sort(key=lambda b: (int(b.offsets[0]), int(b.partitions[0])))  # interleave the partitions
+    return out
+
+
+class Harness:
+    """One pipeline's in-memory parts that outlive a runner, as Kafka, the lake and the registry do."""
+
+    def __init__(self, tmp: Path, batches: list[RawBatch], **runtime) -> None:
+        self.tmp = tmp
+        self.cfg = _cfg(tmp, **runtime)
+        self.batches = batches
+        self.names = PartitionFeatures(self.cfg.features, self.cfg.schema).names
+        self.coordinator = ModelCoordinator(self.cfg.model, self.names)
+        self.committer = MemoryCommitter()
+        self.committed: dict[int, int] = {}
+
+    def learn(self, sample: dict) -> None:
+        self.coordinator.offer(sample)
+        self.coordinator.tick()
+
+    def runner(self) -> tuple[GroupRunner, MemorySource]:
+        source = MemorySource(self.batches, partitions=PARTITIONS, committed=self.committed, topic="events")
+        self.committer = _Remembering(self.committer, source, self)
+        cfg = self.cfg
+        parts = GroupParts(
+            source=source, committer=self.committer,
+            lake=LakeWriter(cfg.lake.path, time_field="event_time"),
+            checkpoints=CheckpointStore(cfg.state_dir, "p0.1"),
+            holder=ModelHolder(cfg.model.save_dir, self.names), learn=self.learn, dead_dir=cfg.dead_letter_dir)
+        return GroupRunner(cfg, PARTITIONS, parts), source
+
+    def run_all(self) -> GroupRunner:
+        runner, source = self.runner()
+        runner.run(lambda: not source._queue)
+        return runner
+
+
+class _Remembering(MemoryCommitter):
+    """A MemoryCommitter that also moves the harness's committed offsets (what Kafka keeps across a crash)."""
+
+    def __init__(self, inner: MemoryCommitter, source: MemorySource, harness: Harness) -> None:
+        super().__init__()
+        self.topics, self.offsets, self.commits = inner.topics, inner.offsets, inner.commits
+        self.source, self.harness = source, harness
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        super().commit(offsets)
+        self.harness.committed.update(offsets)
+
+
+def _key_state(runner: GroupRunner, partition: int) -> dict[str, np.ndarray]:
+    return runner.features.state(partition)
+
+
+def test_whole_chain_scores_every_event_once_and_commits_offsets(tmp_path: Path) -> None:
+    batches = _batches(6_000, seed=3, bad_every=97)
+    h = Harness(tmp_path, batches)
+    h.run_all()
+    n_bad = sum(1 for b in batches for v in b.values if v == b"{not json")
+    n_good = sum(len(b) for b in batches) - n_bad
+    lake = read_lake(h.cfg.lake.path)
+    assert len(lake) == n_good
+    assert not lake.duplicated(["kafka_partition", "kafka_offset"]).any()
+    scores = [json.loads(v) for v in h.committer.values(h.cfg.kafka.topics.scores)]
+    assert len(scores) == n_good
+    assert {s["model_version"] for s in scores} <= {p.name for p in Path(h.cfg.model.save_dir).iterdir()}
+    dead = h.committer.values(h.cfg.kafka.topics.dead_letter)
+    assert len(dead) == n_bad and all(json.loads(d)["reason"] == "invalid_json" for d in dead)
+    ends = {p: max(int(b.offsets.max()) + 1 for b in batches if b.partitions[0] == p) for p in PARTITIONS}
+    assert h.committed == ends
+    alerts = h.committer.values(h.cfg.kafka.topics.alerts)
+    assert len(alerts) == int(lake["is_anomaly"].sum())
+    # the coordinator learned from the groups' samples and published more than the first version
+    assert h.coordinator.status.published >= 2 and h.coordinator.status.rows_learned > 0
+
+
+def test_a_crash_at_any_point_resumes_to_the_results_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    batches = _batches(5_000, seed=5)
+    reference = Harness(tmp_path / "ref", batches).run_all()
+
+    h = Harness(tmp_path / "crash", batches)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # three crashes: each after a random number of batches, at a random point of a commit
+        runner, source = h.runner()
+        runner.recover()
+        for _ in range(int(rng.integers(2, 6))):
+            raw = source.poll_batch()
+            if raw is None:
+                break
+            runner.process(raw)
+            if rng.random() < 0.5:
+                runner.commit()
+        point = rng.integers(0, 3)
+        if point >= 1:  # lake files written, not committed
+            runner.parts.lake.flush()
+        if point >= 2:  # ... and the checkpoint too
+            runner.parts.checkpoints.save({p: _state(runner, p) for p in PARTITIONS})
+        # the process dies here: nothing else of this runner survives
+    final = h.run_all()
+
+    lake = read_lake(h.cfg.lake.path)
+    assert len(lake) == sum(len(b) for b in batches)
+    assert not lake.duplicated(["kafka_partition", "kafka_offset"]).any()
+    offsets = [(json.loads(v)["partition"], json.loads(v)["offset"]) for v in h.committer.values("scores")]
+    assert len(offsets) == len(set(offsets)) == len(lake)
+    for p in PARTITIONS:
+        got, want = _key_state(final, p), _key_state(reference, p)
+        assert list(got["keys"]) == list(want["keys"])
+        for name in ("mean", "var", "last_t", "count"):
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=0, err_msg=f"partition {p} {name}")
+
+
+def _state(runner: GroupRunner, p: int):
+    from engine.checkpoint import PartitionState
+
+    return PartitionState(runner.done.get(p, 0) + 10**9, runner.features.state(p))  # ahead of any commit
+
+
+def test_per_partition_features_equal_one_builder_per_partition(tmp_path: Path) -> None:
+    batches = _batches(3_000, seed=8)
+    h = Harness(tmp_path, batches)
+    runner = h.run_all()
+    frame = read_lake(h.cfg.lake.path).sort_values(["kafka_partition", "kafka_offset"])
+    for p in PARTITIONS:
+        fb = FeatureBuilder(h.cfg.features, h.cfg.schema)
+        fb.transform(frame[frame["kafka_partition"] == p].rename(columns={"datapoint_id": "datapoint_id"}))
+        np.testing.assert_array_equal(fb.state.to_arrays()["count"], runner.features.state(p)["count"])
+
+
+def test_all_bad_input_commits_its_dead_letters_without_a_model(tmp_path: Path) -> None:
+    batches = _batches(2_000, seed=1, bad_every=1)
+    h = Harness(tmp_path, batches)
+    h.run_all()
+    assert h.coordinator.master is None  # no event ever asked for one
+    assert len(h.committer.values(h.cfg.kafka.topics.dead_letter)) == 2_000
+    assert sum(h.committed.values()) == 2_000
+    assert list(Path(h.cfg.dead_letter_dir).glob("*.parquet"))
+
+
+def test_model_holder_refuses_other_features_and_tampered_versions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    registry = tmp_path / "models"
+    good = Detector.fit(rng.normal(size=(500, 2)), ["a", "b"], n_trees=10)
+    good.save(registry / good.version)
+    set_current(registry, good.version)
+    holder = ModelHolder(registry, ("a", "b"))
+    assert holder.refresh() and holder.version == good.version
+
+    other = Detector.fit(rng.normal(size=(500, 3)), ["a", "b", "c"], n_trees=10)
+    with pytest.raises(ModelError, match="differ"):
+        holder.swap(other)
+    other.save(registry / "other")
+    set_current(registry, "other")
+    assert not holder.refresh() and holder.version == good.version and holder.refused == 1
+
+    tampered = Detector.fit(rng.normal(size=(500, 2)) + 5, ["a", "b"], n_trees=10)
+    tampered.save(registry / "tampered")
+    meta = registry / "tampered" / "meta.json"
+    meta.write_text(meta.read_text().replace('"seed": 0', '"seed": 1'))
+    set_current(registry, "tampered")
+    assert not holder.refresh() and holder.version == good.version
+    assert "checksum" in (holder.last_error or "")
+    assert read_current(registry)["version"] == "tampered"
