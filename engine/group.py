@@ -135,7 +135,6 @@ class GroupRunner:
             self.metrics.events_scored += batch.rows
             assert batch.is_anomaly is not None
             self.metrics.anomalies += int(np.count_nonzero(batch.is_anomaly))
-            self.metrics.model_version = batch.model_version or self.metrics.model_version
         for d in batch.dead:
             self.metrics.dead_letters[d.reason.value] = self.metrics.dead_letters.get(d.reason.value, 0) + 1
         self.interval.dead += batch.dead
@@ -229,6 +228,8 @@ class GroupRunner:
         except Exception:  # noqa: BLE001 - lag is informative; never stop the stream for it
             pass
         self.metrics.waiting_for_model = len(self.gate) > 0 and self.parts.holder.current is None
+        # the version the group scores with now (swapped between batches), even while no event arrives
+        self.metrics.model_version = self.parts.holder.version or self.metrics.model_version
         self.parts.report(self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
