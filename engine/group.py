@@ -130,7 +130,8 @@ class GroupRunner:
             self.parts.lake.add(batch.lake)
             self._send_sample(batch)
             stats = stats_record(Scored(batch.lake, [], []), dead_letters=len(batch.dead),
-                                 lag=self.metrics.lag, batch_latency_s=0.0, events_per_s=self.metrics.events_per_s)
+                                 lag=self.metrics.lag, batch_latency_s=time.monotonic() - batch.arrived,
+                                 events_per_s=self.metrics.events_per_s)
             self.parts.committer.send(steps.TopicRecords(self.cfg.kafka.topics.stats, [stats]))
             self.metrics.events_scored += batch.rows
             assert batch.is_anomaly is not None
