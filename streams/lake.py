@@ -260,10 +260,16 @@ class LakeWriter:
         except (pa.ArrowException, TypeError, ValueError) as err:
             msg = f"lake: cannot convert the frame to Arrow: {err}"
             raise LakeError(msg) from err
-        keys, inverse, counts = np.unique(np.stack([days, partitions], axis=1), axis=0,
-                                          return_inverse=True, return_counts=True)
-        order = np.argsort(inverse.ravel(), kind="stable")  # rows of each group together, in frame order
-        for (day, partition), rows in zip(keys.tolist(), np.split(order, np.cumsum(counts)[:-1]), strict=True):
+        # one int64 key per (day, partition): np.unique on a 2-column array sorts row views, ~30x slower
+        combined = days * (1 << 32) + partitions
+        if combined[0] == combined[-1] and (combined == combined[0]).all():  # the usual batch: one group
+            groups = [(int(days[0]), int(partitions[0]), np.arange(len(combined)))]
+        else:
+            keys, inverse, counts = np.unique(combined, return_inverse=True, return_counts=True)
+            order = np.argsort(inverse.ravel(), kind="stable")  # rows of each group together, in frame order
+            groups = [(int(k >> 32), int(k & 0xFFFFFFFF), rows)
+                      for k, rows in zip(keys.tolist(), np.split(order, np.cumsum(counts)[:-1]), strict=True)]
+        for day, partition, rows in groups:
             date = (_EPOCH + dt.timedelta(days=day)).isoformat()
             self._buffer.setdefault((date, partition), []).append(table.take(pa.array(rows)))
             self._owned.add(partition)
