@@ -52,6 +52,9 @@ class KafkaConfig(_Section):
     secrets: dict[str, SecretStr] = Field(default_factory=dict)
     max_batch_messages: int = Field(default=20_000, gt=0)
     max_batch_wait_ms: int = Field(default=200, gt=0)
+    #: the scores topic's encoding: one JSON record per event, or one Arrow IPC record per batch (columnar,
+    #: ~10x smaller; engine.outputs.decode_scores reads both, and so does the dashboard)
+    scores_format: Literal["json", "arrow"] = "json"
     #: where records that fail decoding go as Parquet, besides the dead-letter topic (None = <lake.path>/_dead_letter)
     dead_letter_dir: Path | None = None
 

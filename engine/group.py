@@ -93,7 +93,8 @@ class GroupRunner:
         self.features = steps.PartitionFeatures(cfg.features, cfg.schema)
         t = cfg.kafka.topics
         self.spec = steps.OutputSpec(tuple(f.name for f in cfg.schema.fields), cfg.schema.key,
-                                     cfg.schema.event_time.field, t.scores, t.alerts, t.dead_letter)
+                                     cfg.schema.event_time.field, t.scores, t.alerts, t.dead_letter,
+                                     cfg.kafka.scores_format)
         self.metrics = GroupMetrics(pipeline=pipeline, group=self.name)
         self.gate: deque[steps.Batch] = deque()
         self.interval = _Interval()

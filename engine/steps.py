@@ -17,7 +17,7 @@ import pandas as pd
 from engine.config import FeaturesConfig
 from engine.features import FeatureBuilder, KeyState
 from engine.model_holder import ModelHolder
-from engine.outputs import Scored, alert_records, lake_frame, score_records
+from engine.outputs import Scored, alert_records, encode_scores_arrow, lake_frame, score_records, scores_frame
 from streams.deadletter import DeadLetter
 from streams.decode import Decoder
 from streams.records import RawBatch
@@ -169,6 +169,7 @@ class OutputSpec:
     scores_topic: str
     alerts_topic: str
     dead_letter_topic: str
+    scores_format: str = "json"
 
 
 def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
@@ -184,7 +185,12 @@ def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
                       batch.model_version)
     keys = [k.encode() if isinstance(k, str) else None for k in batch.frame["_key"].tolist()]
     scored = Scored(lake, keys, batch.explanations or [None] * len(lake))
-    records.append(TopicRecords(spec.scores_topic, score_records(scored, spec.key_field, spec.time_field), keys))
+    if spec.scores_format == "arrow":  # one columnar record per batch: no per-event record at all
+        value = encode_scores_arrow(scores_frame(scored, spec.key_field, spec.time_field))
+        records.append(TopicRecords(spec.scores_topic, [value]))
+    else:
+        records.append(TopicRecords(spec.scores_topic, score_records(scored, spec.key_field, spec.time_field),
+                                    keys))
     alerts, alert_keys = alert_records(scored)
     if alerts:
         records.append(TopicRecords(spec.alerts_topic, alerts, alert_keys))

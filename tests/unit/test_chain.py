@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from engine.checkpoint import CheckpointStore
@@ -220,3 +221,19 @@ def test_model_holder_refuses_other_features_and_tampered_versions(tmp_path: Pat
     assert not holder.refresh() and holder.version == good.version
     assert "checksum" in (holder.last_error or "")
     assert read_current(registry)["version"] == "tampered"
+
+
+def test_arrow_scores_format_carries_every_event_in_one_record_per_batch(tmp_path: Path) -> None:
+    from engine.config import with_overrides
+    from engine.outputs import decode_scores
+
+    batches = _batches(3_000, seed=2)
+    h = Harness(tmp_path, batches)
+    h.cfg = with_overrides(h.cfg, {"kafka": {"scores_format": "arrow"}})
+    h.run_all()
+    records = h.committer.values(h.cfg.kafka.topics.scores)
+    frames = [decode_scores(v) for v in records]
+    assert len(records) < len(batches) + 1 and sum(len(f) for f in frames) == 3_000
+    lake = read_lake(h.cfg.lake.path)
+    got = sorted(zip(*(pd.concat(frames)[c] for c in ("partition", "offset")), strict=True))
+    assert got == sorted(zip(lake["kafka_partition"], lake["kafka_offset"], strict=True))
