@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_control_topic_swaps_every_worker_between_batches_and_refuses_a_tampered
         "lake": {"path": str(tmp_path / "lake")},
         "model": {"fit_on_first": 2_000, "save_dir": str(tmp_path / "models"), "publish_every_s": 3_600},
         "cluster": {"n_workers": 2, "dashboard_address": "127.0.0.1:0"},
-        "runtime": {"commit_interval_ms": 200},
+        "runtime": {"commit_interval_ms": 200, "metrics_port": 0},
     })
     create_topics(broker.bootstrap, {topic: 4, **{v: 1 for v in names.values()}})
     sink = KafkaSink(cfg.kafka.client_settings(), topic)
@@ -67,6 +68,9 @@ def test_control_topic_swaps_every_worker_between_batches_and_refuses_a_tampered
         try:
             _wait(lambda: runtime.report.records_in >= PHASE, 120, "phase 1 to be committed")
             first = runtime.report.model_version
+            # Prometheus text on loopback while the stream runs: per group, labelled by pipeline
+            assert runtime.metrics_port
+            _wait(lambda: _records_total(runtime.metrics_port) >= PHASE, 30, "/metrics to count phase 1")
             registry = Path(cfg.model.save_dir)
             feature_names = PartitionFeatures(cfg.features, cfg.schema).names
             rng = np.random.default_rng(0)
@@ -103,6 +107,14 @@ def test_control_topic_swaps_every_worker_between_batches_and_refuses_a_tampered
     assert set(after["model_version"]) == {new.version}
     scores = [json.loads(v) for v in topic_values(broker.bootstrap, names["scores"], committed_only=True)]
     assert len({(s["partition"], s["offset"]) for s in scores}) == 2 * PHASE
+    metrics = [json.loads(v) for v in topic_values(broker.bootstrap, names["metrics"])]
+    assert metrics and {m["pipeline"] for m in metrics} == {"default"}
+
+
+def _records_total(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("isostream_records_total{") and 'pipeline="default"' in line)
 
 
 def _latest(runtime: Runtime) -> list[dict]:
