@@ -90,6 +90,9 @@ class ModelConfig(_Section):
     save_dir: Path = Path("models")
     #: how often the coordinator publishes the online-adapted model as a new version that every worker swaps to
     publish_every_s: float = Field(default=10.0, gt=0)
+    #: online-adapted versions kept in the registry (~2 MB each for 100 trees); older ones are pruned, never
+    #: a fitted/imported base version nor the current one. None keeps all (a replay can then reproduce any score)
+    keep_online_versions: int | None = Field(default=1_000, ge=1)
     #: feature rows per micro-batch that each partition group sends to the coordinator to learn from
     learn_sample: int = Field(default=2_048, ge=0)
     #: with fewer than fit_on_first events in the input, fit on what arrived once nothing new came for this long

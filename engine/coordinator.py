@@ -140,7 +140,21 @@ class ModelCoordinator:
         self.status.published += 1
         self._last_publish = time.monotonic()
         self._learned_since_publish = False
+        self._prune(keep=version)
         return version
+
+    def _prune(self, keep: str) -> None:
+        """Drop the oldest online-adapted versions beyond ``model.keep_online_versions``."""
+        limit = self.cfg.keep_online_versions
+        if limit is None:
+            return
+        online = [p for p in self.registry.iterdir() if p.is_dir() and "+u" in p.name and p.name != keep
+                  and not p.name.startswith(".")]
+        if len(online) < limit:
+            return
+        online.sort(key=lambda p: p.stat().st_mtime)
+        for old in online[: len(online) - limit + 1]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def follow_pointer(self) -> str | None:
         """Adopt the version CURRENT names if someone else moved it; returns it then."""

@@ -237,3 +237,20 @@ def test_arrow_scores_format_carries_every_event_in_one_record_per_batch(tmp_pat
     lake = read_lake(h.cfg.lake.path)
     got = sorted(zip(*(pd.concat(frames)[c] for c in ("partition", "offset")), strict=True))
     assert got == sorted(zip(lake["kafka_partition"], lake["kafka_offset"], strict=True))
+
+
+def test_coordinator_keeps_base_versions_and_prunes_old_online_ones(tmp_path: Path) -> None:
+    from engine.config import ModelConfig
+
+    coord = ModelCoordinator(ModelConfig(fit_on_first=300, save_dir=tmp_path, keep_online_versions=3,
+                                         publish_every_s=0.0001), ("x", "y"))
+    rng = np.random.default_rng(0)
+    coord.offer({"X": rng.normal(size=(400, 2)), "fit": True})
+    base = coord.tick()
+    for _ in range(8):
+        X = rng.normal(size=(300, 2))
+        coord.offer({"X": X, "scores": coord.master.score(X)})
+        coord.tick()
+    names = {p.name for p in tmp_path.iterdir() if p.is_dir()}
+    assert base in names and coord.status.version in names
+    assert len([n for n in names if "+u" in n]) == 3 and coord.status.published == 9
