@@ -242,11 +242,11 @@ class GroupRunner:
 
     def run(self, should_stop: Callable[[], bool]) -> dict[str, Any]:
         """Recover, then process until ``should_stop()``; drains, commits and returns the final snapshot."""
-        self.recover()
         interval_s = self.cfg.runtime.commit_interval_ms / 1000.0
         cap = _GATE_FACTOR * self.cfg.model.fit_on_first
         stopping = False
         try:
+            self.recover()
             while True:
                 self._maybe_report()
                 if not stopping and should_stop():
