@@ -2,6 +2,8 @@
 
 Every bad record must reach the dead-letter topic and the dead-letter Parquet folder with the right reason and
 its original bytes and coordinates; every good record must be delivered decoded; the source must stay up.
+The loop is a partition group's source path (``engine/group.py``): poll a batch, decode it, make its dead
+letters durable, then commit its offsets.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from streamz import Stream
 
-import streams.streamz_source  # noqa: F401 - registers Stream.from_kafka_columnar
 from streams.broker import EmbeddedBroker
 from streams.deadletter import DeadLetter, DeadLetterSink, Reason
+from streams.decode import Decoded, Decoder
 from streams.faults import MAKERS, mixed_records
 from streams.kafka_sink import KafkaSink
+from streams.kafka_source import KafkaBatchSource
 from streams.schema import STATION_ALARM
-from streams.streamz_source import ColumnarBatch
 
 pytestmark = pytest.mark.integration
 
@@ -62,22 +63,33 @@ def test_fuzzed_stream_splits_exactly_into_rows_and_dead_letters(broker: Embedde
         r: N_BAD // len(json_reasons) + (i < N_BAD % len(json_reasons)) for i, r in enumerate(json_reasons)}
 
     dead_sink = DeadLetterSink(KafkaSink(settings, dead_topic), directory=tmp_path / "dead")
-    node = Stream.from_kafka_columnar(settings, topic, SCHEMA, group_id="fuzz", max_messages=4_000,
-                                      dead_letters=dead_sink)
-    batches: list[ColumnarBatch] = []
-    node.sink(batches.append)
-    node.start()
-    try:
-        deadline = time.monotonic() + 120
-        while sum(len(b.raw) for b in batches) < len(records) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        node.stop()
-        node.wait_closed()
-        dead_sink.close()
-    assert node.error is None
+    decoder = Decoder(SCHEMA)
+    batches: list[Decoded] = []
+    read = 0
+    with KafkaBatchSource(settings, topic, group_id="fuzz", max_messages=4_000) as source:
+        try:
+            deadline = time.monotonic() + 120
+            while read < len(records) and time.monotonic() < deadline:
+                raw = source.poll_batch()
+                if raw is None:
+                    continue
+                decoded = decoder.decode(raw)  # bad records never raise: they come back as dead letters
+                assert len(decoded.frame) + len(decoded.dead) == len(raw)
+                dead_sink.write(decoded.dead)
+                dead_sink.flush()  # durable before the commit, as the group's commit order has it
+                source.commit(raw.next_offsets())
+                batches.append(decoded)
+                read += len(raw)
+            assert source.poll_batch() is None  # the source is still up, with nothing left to read
+            committed = source.committed()
+        finally:
+            dead_sink.close()
+        source_snap = source.metrics.snapshot()
+    assert read == len(records)
+    assert sum(committed.values()) == len(records)  # a fresh topic: next offsets add up to the record count
 
     delivered = [k for b in batches for k in b.frame["_key"]]
+    assert len(delivered) == N_GOOD
     assert sorted(delivered) == sorted(k.decode() for k, why in expected.items() if why is None)
     for b in batches:
         assert b.frame[["value", "valueThreshold"]].notna().all().all()
@@ -93,6 +105,9 @@ def test_fuzzed_stream_splits_exactly_into_rows_and_dead_letters(broker: Embedde
     assert set(zip(table.column("partition").to_pylist(), table.column("offset").to_pylist(),
                    strict=True)) == coordinates
     assert Counter(table.column("reason").to_pylist()) == Counter(d.reason.value for d in letters)
-    snap = node.metrics.snapshot()
+    snap = dead_sink.metrics.snapshot()
     assert sum(v for k, v in snap.items() if k.startswith("dead_letters{")) == N_BAD
-    assert snap["decoded_records"] == N_GOOD
+    assert Counter({k: int(v) for k, v in snap.items() if k.startswith("dead_letters{")}) == Counter(
+        f"dead_letters{{reason={d.reason.value}}}" for d in letters)
+    assert sum(len(b.frame) for b in batches) == N_GOOD
+    assert source_snap["source_records"] == N_GOOD + N_BAD

@@ -1,4 +1,5 @@
-"""KafkaBatchSource against the real broker: completeness, order, bounds, commits, restart, lag, subscribe."""
+"""KafkaBatchSource against the real broker: completeness, order, bounds, commits, restart, start offsets, lag,
+subscribe."""
 
 from __future__ import annotations
 
@@ -124,6 +125,32 @@ def test_start_positions_and_time_bound(broker: EmbeddedBroker) -> None:
     with KafkaBatchSource(settings, topic, group_id="pos", start="earliest") as source:
         assert len(_records(_drain(source, 2_000))) == 2_000
 
+
+def test_start_offsets_place_their_partitions_and_the_rest_resume_at_committed(broker: EmbeddedBroker) -> None:
+    topic, n = _topic(broker, 3), 3_000
+    _produce(broker, topic, n)
+    settings = {"bootstrap.servers": broker.bootstrap}
+    with KafkaBatchSource(settings, topic, group_id="explicit", start="earliest") as source:
+        ends = _next_offsets(_drain(source, n))
+        source.commit({1: 200})  # the group has read partition 1 up to 200, nothing of 0 and 2
+    assert all(o > 300 for o in ends.values())
+    # explicit offsets win over the committed one (partition 1) and over ``start`` (partition 0); partition 2
+    # has neither and starts at ``start="committed"``'s fallback, the earliest offset; a start offset for an
+    # unassigned partition (5) is ignored
+    with KafkaBatchSource(settings, topic, group_id="explicit", start_offsets={0: 100, 1: 50, 5: 7},
+                          max_messages=500) as source:
+        assert source.assignment == [0, 1, 2]
+        records = _records(_drain(source, n - 100 - 50))
+        assert source.poll_batch() is None
+    first: dict[int, int] = {}
+    for partition, offset, _, _ in records:
+        first.setdefault(partition, offset)
+    assert first == {0: 100, 1: 50, 2: 0}
+    assert len(records) == n - 150 and len({(p, o) for p, o, _, _ in records}) == n - 150
+    with KafkaBatchSource(settings, topic, group_id="explicit", partitions=[1]) as source:
+        assert source.assignment == [1]
+        resumed = _records(_drain(source, ends[1] - 200))
+    assert resumed[0][1] == 200 and {p for p, *_ in resumed} == {1}
 
 def test_lag_per_partition_falls_to_zero_and_metrics_count(broker: EmbeddedBroker) -> None:
     topic, n = _topic(broker, 2), 6_000
