@@ -81,6 +81,7 @@ class _Group:
     retry_at: float | None = None
     finished: bool = False
     last_error: str | None = None
+    task_id: str = ""
 
     @property
     def name(self) -> str:
@@ -118,6 +119,7 @@ class Runtime:
         self._marks: set[tuple[str, Any]] = set()
         self._tasks: dict[str, tuple[str | None, dict[str, Any] | None]] = {}
         self._base: dict[str, GroupMetrics] = {}
+        self._current: dict[str, str] = {}
         self._start: dict[str, int] = {}
         self._done: dict[str, int] = {}
 
@@ -174,8 +176,10 @@ class Runtime:
                 if g is not group and g.worker in load and not g.finished:
                     load[g.worker] += len(g.partitions)
         target = min(alive, key=lambda w: (load[w], w))
-        spec = GroupSpec(pipe.name, pipe.cfg, group.partitions, pipe.queue.name, self._stop_event.name, self.run_id)
-        key = f"isostream-{pipe.name}-{group.name}-{self.run_id}-{group.restarts}-{uuid.uuid4().hex[:6]}"
+        group.task_id = uuid.uuid4().hex
+        spec = GroupSpec(pipe.name, pipe.cfg, group.partitions, pipe.queue.name, self._stop_event.name, self.run_id,
+                         group.task_id)
+        key = f"isostream-{pipe.name}-{group.name}-{self.run_id}-{group.task_id[:8]}"
         group.future = self.client.submit(run_group_task, spec, key=key, workers=[target],
                                           allow_other_workers=False, pure=False)
         group.worker, group.started, group.retry_at = target, time.monotonic(), None
@@ -249,6 +253,7 @@ class Runtime:
         A restarted group's task counts from zero again, so each group's earlier tasks' last snapshots are
         added to its current one. Records done come from committed offsets, which a restart cannot recount.
         """
+        self._current = {g.key: g.task_id for p in self.pipelines.values() for g in p.groups}
         # the scheduler keeps a bounded log per topic: read what is new by its time, not by its position
         fresh = [(t, m) for t, m in self.client.get_events(PROGRESS_TOPIC) if t >= self._events_t]
         for _, msg in fresh:
@@ -259,6 +264,8 @@ class Runtime:
                 continue
             self._marks.add(mark)
             key = f"{msg['pipeline']}/{msg['group']}"
+            if msg["task"] != self._current.get(key):
+                continue  # an earlier task of the group, still winding down (it is fenced if it commits)
             task, last = self._tasks.get(key, (None, None))
             if task is not None and task != msg["task"] and last is not None:
                 old = GroupMetrics.from_snapshot(last)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue as stdqueue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ class GroupSpec:
     learn_queue: str
     stop_event: str
     run_id: str
+    #: names this incarnation of the group: the driver counts only its current task's progress
+    task_id: str = ""
 
 
 def build_parts(spec: GroupSpec, *, report: Any, learn: Any) -> GroupParts:
@@ -61,13 +65,53 @@ def build_parts(spec: GroupSpec, *, report: Any, learn: Any) -> GroupParts:
                       dead_dir=cfg.dead_letter_dir)
 
 
+class SampleSender:
+    """Hands learning samples to the coordinator's Dask queue from a thread of its own.
+
+    ``Queue.put`` waits for the scheduler, which shares the driver's process with the coordinator: done
+    inline it stalled the batch loop. Learning samples may be dropped when the sender falls behind (they
+    are a sample already; :attr:`dropped` counts them); rows for the first fit never are.
+    """
+
+    def __init__(self, queue: Queue, depth: int = 8) -> None:
+        self.queue = queue
+        self.pending: stdqueue.Queue[dict[str, Any] | None] = stdqueue.Queue(maxsize=depth)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._loop, name="isostream-samples", daemon=True)
+        self._thread.start()
+
+    def __call__(self, sample: dict[str, Any]) -> None:
+        if sample.get("fit"):
+            self.pending.put(sample)
+            return
+        try:
+            self.pending.put_nowait(sample)
+        except stdqueue.Full:
+            self.dropped += 1
+
+    def _loop(self) -> None:
+        while True:
+            sample = self.pending.get()
+            if sample is None:
+                return
+            try:
+                self.queue.put(sample)
+            except Exception:  # noqa: BLE001 - a lost sample must not end the stream
+                self.dropped += 1
+                log.warning("learning sample not delivered", exc_info=True)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.pending.put(None)
+        self._thread.join(timeout_s)
+
+
 def run_group_task(spec: GroupSpec) -> dict[str, Any]:
     """Dask task: run the group until the run's stop event is set; returns its final snapshot."""
     worker = get_worker()
     secede()  # leave the worker's thread pool: this task lives as long as the stream
     stop = Event(spec.stop_event)
     learn_q = Queue(spec.learn_queue)
-    tag = {"run": spec.run_id, "pipeline": spec.pipeline, "worker": worker.address, "task": uuid.uuid4().hex}
+    tag = {"run": spec.run_id, "pipeline": spec.pipeline, "worker": worker.address, "task": spec.task_id or uuid.uuid4().hex}
 
     def report(snapshot: dict[str, Any]) -> None:
         worker.log_event(PROGRESS_TOPIC, {**tag, **snapshot, "t": time.time()})
@@ -81,8 +125,13 @@ def run_group_task(spec: GroupSpec) -> dict[str, Any]:
             checked[0], checked[1] = now, stop.is_set()
         return bool(checked[1])
 
-    parts = build_parts(spec, report=report, learn=learn_q.put)
+    sender = SampleSender(learn_q)
+    parts = build_parts(spec, report=report, learn=sender)
     runner = GroupRunner(spec.cfg, list(spec.partitions), parts, pipeline=spec.pipeline)
-    final = runner.run(should_stop)
+    try:
+        final = runner.run(should_stop)
+    finally:
+        sender.close()
+    final["samples_dropped"] = sender.dropped
     worker.log_event(PROGRESS_TOPIC, {**tag, **final, "t": time.time(), "done": True})
     return final
