@@ -120,12 +120,24 @@ class Runtime:
         self._tasks: dict[str, tuple[str | None, dict[str, Any] | None]] = {}
         self._base: dict[str, GroupMetrics] = {}
         self._current: dict[str, str] = {}
+        self._missing: dict[str, float] = {}
+        self._alive: set[str] = set()
+        self._checked_workers = 0.0
         self._start: dict[str, int] = {}
         self._done: dict[str, int] = {}
 
     # -- set-up -----------------------------------------------------------------------------------------------
     def _workers(self) -> list[str]:
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        """The workers the scheduler has now (asked, not the client's cached view)."""
+        return sorted(self.client.run_on_scheduler(_scheduler_workers))
+
+    def _lost(self, worker: str | None, alive: set[str]) -> bool:
+        """A worker counts as lost once it has been missing from two checks at least a second apart."""
+        if worker in alive:
+            self._missing.pop(worker or "", None)
+            return False
+        first = self._missing.setdefault(worker or "", time.monotonic())
+        return time.monotonic() - first >= 1.0
 
     def _partitions(self, cfg: Config) -> list[int]:
         if cfg.kafka.partitions is not None:
@@ -183,11 +195,14 @@ class Runtime:
         group.future = self.client.submit(run_group_task, spec, key=key, workers=[target],
                                           allow_other_workers=False, pure=False)
         group.worker, group.started, group.retry_at = target, time.monotonic(), None
+        log.info("%s: task %s on %s", group.key, group.task_id[:8], target)
 
     # -- supervision --------------------------------------------------------------------------------------------
     def _supervise(self, stopping: bool) -> None:
-        alive = set(self._workers())
         now = time.monotonic()
+        if now - self._checked_workers >= 0.5:
+            self._alive, self._checked_workers = set(self._workers()), now
+        alive = self._alive
         for pipe in self.pipelines.values():
             if pipe.name in self.report.failed:
                 continue
@@ -206,7 +221,7 @@ class Runtime:
                     g.finished = True
                     self.report.groups[g.key] = {**self.report.groups.get(g.key, {}), **g.future.result()}
                     continue
-                lost = g.worker not in alive
+                lost = self._lost(g.worker, alive)
                 if status not in ("error", "cancelled") and not lost:
                     if now - g.started > 60:
                         g.restarts = 0  # it has run for a while: the failures in a row are over
@@ -418,6 +433,10 @@ class Runtime:
                 log.warning("metrics topic: %s", err)
         if self._metrics_server is not None:
             self.hub.stop()
+
+
+def _scheduler_workers(dask_scheduler: Any) -> list[str]:
+    return list(dask_scheduler.workers)
 
 
 def _error_text(future: Future) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue as stdqueue
 import threading
 import time
@@ -128,6 +129,8 @@ def run_group_task(spec: GroupSpec) -> dict[str, Any]:
     sender = SampleSender(learn_q)
     parts = build_parts(spec, report=report, learn=sender)
     runner = GroupRunner(spec.cfg, list(spec.partitions), parts, pipeline=spec.pipeline)
+    log.info("%s/%s: task %s starts on %s (pid %d)", spec.pipeline, runner.name, spec.task_id[:8], worker.address,
+             os.getpid())
     try:
         final = runner.run(should_stop)
     finally:
