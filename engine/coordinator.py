@@ -53,14 +53,19 @@ class ModelCoordinator:
     True
     """
 
-    def __init__(self, cfg: ModelConfig, feature_names: tuple[str, ...], *, registry: Path | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, feature_names: tuple[str, ...], *, registry: Path | None = None,
+                 groups: int = 1) -> None:
         self.cfg = cfg
         self.feature_names = tuple(feature_names)
         self.registry = Path(registry if registry is not None else cfg.save_dir)
         self.registry.mkdir(parents=True, exist_ok=True)
         self.master: Detector | None = None
         self.status = CoordinatorStatus()
-        self._fit_rows: list[np.ndarray] = []
+        #: partition groups of the pipeline: the first fit waits for rows of each (keys differ by partition)
+        self.groups = max(int(groups), 1)
+        self._fit_rows: dict[str, list[np.ndarray]] = {}
+        self._learned_from: set[str] = set()
+        self._adapted_once = False
         self._last_offer = time.monotonic()
         self._last_publish = time.monotonic()
         self._learned_since_publish = False
@@ -93,9 +98,10 @@ class ModelCoordinator:
         self._last_offer = time.monotonic()
         self.status.samples += 1
         X = np.asarray(sample["X"], dtype=np.float64)
+        group = str(sample.get("group", ""))
         if self.master is None:
             if len(X):
-                self._fit_rows.append(X)
+                self._fit_rows.setdefault(group, []).append(X)
             return
         scores = sample.get("scores")
         if scores is None or not len(X):  # fit rows that arrived after the fit: already represented
@@ -103,28 +109,37 @@ class ModelCoordinator:
         self.master.learn(X, np.asarray(scores), sample.get("flagged"))
         self.status.rows_learned += len(X)
         self._learned_since_publish = True
+        self._learned_from.add(group)
 
     def tick(self) -> str | None:
         """Fit or publish if due; returns the version published now, if any."""
         if self.master is None:
             return self._maybe_fit()
+        if not self._adapted_once and len(self._learned_from) >= self.groups:
+            # the first fit's threshold rests on the scores of its own training rows; once every group has
+            # sent scores of events the model never saw, publish at once rather than a publish interval later
+            self._adapted_once = True
+            return self.publish("first adaptation: the threshold on unseen events of every group")
         if self._learned_since_publish and time.monotonic() - self._last_publish >= self.cfg.publish_every_s:
             return self.publish("online adaptation")
         return None
 
     def _maybe_fit(self) -> str | None:
-        rows = sum(len(x) for x in self._fit_rows)
+        """Fit once ``fit_on_first`` rows came from every group (or on what came, once nothing new comes)."""
+        per_group = {g: sum(len(x) for x in xs) for g, xs in self._fit_rows.items()}
+        rows = sum(per_group.values())
         idle = time.monotonic() - self._last_offer >= self.cfg.fit_idle_s
-        if rows < self.cfg.fit_on_first and not (idle and rows >= 2):
+        complete = rows >= self.cfg.fit_on_first and len(per_group) >= self.groups
+        if not complete and not (idle and rows >= 2):
             return None
-        X = np.concatenate(self._fit_rows)[: max(self.cfg.fit_on_first, 2)]
-        self._fit_rows = []
+        X = _even_share({g: np.concatenate(xs) for g, xs in self._fit_rows.items()}, max(self.cfg.fit_on_first, 2))
+        self._fit_rows = {}
         m = self.cfg
-        log.info("coordinator: fitting the first model on %d rows", len(X))
+        log.info("coordinator: fitting the first model on %d rows from %d groups", len(X), len(per_group))
         self.master = Detector.fit(X, self.feature_names, n_trees=m.n_trees, max_samples=min(m.max_samples, len(X)),
                                    contamination=m.contamination, seed=m.seed)
         self.status.fit_rows = len(X)
-        return self.publish(f"fitted on the first {len(X)} events")
+        return self.publish(f"fitted on the first {len(X)} events of {len(per_group)} partition groups")
 
     def publish(self, reason: str) -> str:
         """Save the master as a version and point CURRENT at it."""
@@ -174,3 +189,24 @@ class ModelCoordinator:
         self.master = Detector.load(self.registry / version)
         self._published_as = self.status.version = version
         self._learned_since_publish = False
+
+
+def _even_share(rows: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Up to ``n`` rows, the first ones of each group in equal shares (a short group's share goes to the others).
+
+    >>> _even_share({"a": np.zeros((10, 1)), "b": np.ones((2, 1))}, 6).ravel().tolist()
+    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    left = {g: len(x) for g, x in sorted(rows.items())}
+    take = dict.fromkeys(left, 0)
+    budget = min(n, sum(left.values()))
+    while budget > 0:
+        open_groups = [g for g in left if left[g] > take[g]]
+        share = max(budget // len(open_groups), 1)
+        for g in open_groups:
+            k = min(share, left[g] - take[g], budget)
+            take[g] += k
+            budget -= k
+            if budget == 0:
+                break
+    return np.concatenate([rows[g][: take[g]] for g in sorted(rows) if take[g]])

@@ -162,16 +162,16 @@ class Runtime:
         for name, cfg in self.cfg.resolved_pipelines().items():
             try:
                 parts = self._partitions(cfg)
+                size = cfg.runtime.partitions_per_group or math.ceil(len(parts) / n_workers)
+                groups = [_Group(name, tuple(parts[i:i + size])) for i in range(0, len(parts), size)]
                 names = PartitionFeatures(cfg.features, cfg.schema).names
-                coordinator = ModelCoordinator(cfg.model, names)
+                coordinator = ModelCoordinator(cfg.model, names, groups=len(groups))
             except Exception as err:  # noqa: BLE001 - one tenant's bad set-up must not stop the others
                 self.report.failed[name] = str(err)
                 log.error("pipeline %s cannot start: %s", name, err)
                 continue
-            size = cfg.runtime.partitions_per_group or math.ceil(len(parts) / n_workers)
             pipe = _Pipeline(name, cfg, coordinator, Queue(f"isostream-learn-{self.run_id}-{name}",
-                                                           client=self.client))
-            pipe.groups = [_Group(name, tuple(parts[i:i + size])) for i in range(0, len(parts), size)]
+                                                           client=self.client), groups)
             self.pipelines[name] = pipe
         if not self.pipelines:
             msg = "no pipeline could start: " + "; ".join(f"{k}: {v}" for k, v in self.report.failed.items())

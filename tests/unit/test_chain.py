@@ -254,3 +254,23 @@ def test_coordinator_keeps_base_versions_and_prunes_old_online_ones(tmp_path: Pa
     names = {p.name for p in tmp_path.iterdir() if p.is_dir()}
     assert base in names and coord.status.version in names
     assert len([n for n in names if "+u" in n]) == 3 and coord.status.published == 9
+
+
+def test_first_fit_waits_for_every_group_and_takes_an_even_share(tmp_path: Path) -> None:
+    from engine.config import ModelConfig
+
+    coord = ModelCoordinator(ModelConfig(fit_on_first=1_000, save_dir=tmp_path, fit_idle_s=60), ("x", "y"),
+                             groups=2)
+    rng = np.random.default_rng(1)
+    coord.offer({"group": "p0", "X": rng.normal(size=(5_000, 2)), "fit": True})
+    assert coord.tick() is None and coord.master is None  # one group's keys are not the pipeline's
+    coord.offer({"group": "p1", "X": rng.normal(size=(300, 2)) + 10, "fit": True})
+    assert coord.tick() is not None
+    rows = coord.master.meta["training"]["rows"]
+    assert rows == 1_000 and coord.master.meta["training"]["max"][0] > 5  # p1's 300 rows are in it
+    # the first scores of unseen events from every group publish an adapted threshold at once
+    X = rng.normal(size=(500, 2))
+    coord.offer({"group": "p0", "X": X, "scores": coord.master.score(X)})
+    assert coord.tick() is None
+    coord.offer({"group": "p1", "X": X + 10, "scores": coord.master.score(X + 10)})
+    assert coord.tick() is not None and coord.status.published == 2
