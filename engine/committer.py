@@ -1,7 +1,8 @@
 """Committers: how a partition group makes its outputs and input offsets durable, in one step per interval.
 
-Both committers buffer the interval's topic records in memory and hand them to Kafka at :meth:`commit`, after
-the lake files and the checkpoint of the same offsets are on disk:
+A partition group buffers an interval's topic records and hands them to :meth:`Committer.commit` with the
+offsets, after the lake files and the checkpoint of the same offsets are on disk (from its commit thread, so
+the group reads and scores on meanwhile):
 
 - :class:`TransactionalCommitter` (``delivery: exactly_once``): one producer per partition group with a
   ``transactional.id`` derived from the group, so a restarted group fences its zombie. Each commit is one
@@ -24,10 +25,9 @@ from streams.kafka_sink import KafkaSink, SinkError
 
 
 class Committer(Protocol):
-    """Buffers topic records and makes them durable together with input offsets."""
+    """Makes an interval's topic records durable together with its input offsets."""
 
-    def send(self, records: TopicRecords) -> None: ...
-    def commit(self, offsets: dict[int, int]) -> None: ...
+    def commit(self, offsets: dict[int, int], records: list[TopicRecords]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -38,32 +38,25 @@ class OffsetSource(Protocol):
     def group_metadata(self) -> Any: ...
 
 
-class _Buffered:
-    def __init__(self) -> None:
-        self.pending: list[TopicRecords] = []
-        self.sent_records = 0
-
-    def send(self, records: TopicRecords) -> None:
-        if records.values:
-            self.pending.append(records)
-
-    def _produce(self, sink: KafkaSink) -> None:
-        for r in self.pending:
+def _produce(sink: KafkaSink, records: list[TopicRecords]) -> int:
+    n = 0
+    for r in records:
+        if r.values:
             sink.write(r.values, r.keys, topic=r.topic)
-            self.sent_records += len(r.values)
-        self.pending = []
+            n += len(r.values)
+    return n
 
 
-class AtLeastOnceCommitter(_Buffered):
+class AtLeastOnceCommitter:
     """Produce, wait for every acknowledgement, then commit the consumer's offsets."""
 
     def __init__(self, settings: dict[str, Any], source: OffsetSource, *, default_topic: str) -> None:
-        super().__init__()
         self.source = source
         self.sink = KafkaSink(settings, default_topic)
+        self.sent_records = 0
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        self._produce(self.sink)
+    def commit(self, offsets: dict[int, int], records: list[TopicRecords]) -> None:
+        self.sent_records += _produce(self.sink, records)
         self.sink.flush()
         if offsets:
             self.source.commit(offsets)
@@ -72,24 +65,27 @@ class AtLeastOnceCommitter(_Buffered):
         self.sink.close()
 
 
-class TransactionalCommitter(_Buffered):
+class TransactionalCommitter:
     """One Kafka transaction per commit: the records plus the input offsets."""
 
     def __init__(self, settings: dict[str, Any], source: OffsetSource, *, transactional_id: str,
                  default_topic: str) -> None:
-        super().__init__()
-        self.source = source
+        self.topic = source.topic
+        # taken once: the consumer is busy in the group's loop while commits run on the commit thread, and an
+        # assigned (not subscribed) consumer's group metadata never changes
+        self.group_metadata = source.group_metadata()
         # init_transactions (in KafkaSink) fences an older producer of the same id and aborts its open work
         self.sink = KafkaSink(settings, default_topic, transactional_id=transactional_id)
+        self.sent_records = 0
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        if not self.pending and not offsets:
+    def commit(self, offsets: dict[int, int], records: list[TopicRecords]) -> None:
+        if not records and not offsets:
             return
         self.sink.begin()
         try:
-            self._produce(self.sink)
-            self.sink.commit_transaction(offsets or None, self.source.group_metadata() if offsets else None,
-                                         input_topic=self.source.topic)
+            self.sent_records += _produce(self.sink, records)
+            self.sink.commit_transaction(offsets or None, self.group_metadata if offsets else None,
+                                         input_topic=self.topic)
         except (SinkError, BufferError) as err:
             try:
                 self.sink.abort()
@@ -102,21 +98,20 @@ class TransactionalCommitter(_Buffered):
         self.sink.close()
 
 
-class MemoryCommitter(_Buffered):
+class MemoryCommitter:
     """In-memory outputs for tests: committed records per topic and the committed offsets."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.topics: dict[str, list[tuple[bytes | None, bytes]]] = {}
         self.offsets: dict[int, int] = {}
         self.commits = 0
+        self.sent_records = 0
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        for r in self.pending:
+    def commit(self, offsets: dict[int, int], records: list[TopicRecords]) -> None:
+        for r in records:
             keys = r.keys if r.keys is not None else [None] * len(r.values)
             self.topics.setdefault(r.topic, []).extend(zip(keys, r.values, strict=True))
             self.sent_records += len(r.values)
-        self.pending = []
         self.offsets.update(offsets)
         self.commits += 1
 

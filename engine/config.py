@@ -133,6 +133,9 @@ class RuntimeConfig(_Section):
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     #: how often a partition group makes its work durable: lake files, checkpoint, then the Kafka commit
     commit_interval_ms: int = Field(default=500, gt=0)
+    #: write and commit an interval on a thread of its own while the group reads on (one commit at a time,
+    #: in order); false = the loop waits for each commit
+    commit_in_background: bool = True
     #: input partitions per partition group (one consumer, one producer, one checkpoint); None = spread the
     #: partitions evenly over the workers
     partitions_per_group: int | None = Field(default=None, gt=0)

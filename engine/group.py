@@ -20,6 +20,7 @@ rows go to the coordinator to fit on); batches of dead letters only pass as soon
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,7 +78,21 @@ class _Interval:
     offsets: dict[int, int] = field(default_factory=dict)
     kafka_ts: list[np.ndarray] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    records: list[steps.TopicRecords] = field(default_factory=list)
     dirty: bool = False
+
+
+@dataclass
+class _CommitJob:
+    """One interval, frozen at its offsets, for the commit thread."""
+
+    lake: dict[tuple[str, int], Any]
+    dead: list[DeadLetter]
+    states: dict[int, PartitionState]
+    records: list[steps.TopicRecords]
+    offsets: dict[int, int]
+    kafka_ts: list[np.ndarray]
+    model_version: str | None
 
 
 class GroupRunner:
@@ -106,6 +121,8 @@ class GroupRunner:
         self._last_report = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._commits = 0
+        self._commit_thread: threading.Thread | None = None
+        self._commit_error: BaseException | None = None
 
     # -- the graph -------------------------------------------------------------------------------------------
     def _build_streams(self) -> tuple[Stream, Stream]:
@@ -125,15 +142,14 @@ class GroupRunner:
 
     def _scored(self, result: tuple[steps.Batch, list[steps.TopicRecords]]) -> None:
         batch, records = result
-        for r in records:
-            self.parts.committer.send(r)
+        self.interval.records += records
         if batch.lake is not None:
             self.parts.lake.add(batch.lake)
             self._send_sample(batch)
             stats = stats_record(Scored(batch.lake, [], []), dead_letters=len(batch.dead),
                                  lag=self.metrics.lag, batch_latency_s=time.monotonic() - batch.arrived,
                                  events_per_s=self.metrics.events_per_s)
-            self.parts.committer.send(steps.TopicRecords(self.cfg.kafka.topics.stats, [stats]))
+            self.interval.records.append(steps.TopicRecords(self.cfg.kafka.topics.stats, [stats]))
             self.metrics.events_scored += batch.rows
             assert batch.is_anomaly is not None
             self.metrics.anomalies += int(np.count_nonzero(batch.is_anomaly))
@@ -192,27 +208,59 @@ class GroupRunner:
         return start
 
     # -- commit ---------------------------------------------------------------------------------------------
-    def commit(self) -> None:
-        """Make the interval durable: lake + dead letters, checkpoint, then the Kafka commit."""
+    def commit(self, *, wait: bool = True) -> None:
+        """Make the interval durable: lake + dead letters, checkpoint, then the Kafka commit (in that order).
+
+        The interval is frozen here, at its offsets; with ``wait=False`` the writes run on the commit thread
+        while the loop reads on. Commits never overlap or reorder: a new one first waits for the previous one,
+        and raises its error.
+        """
         iv = self.interval
+        self._join_commit()
         if not iv.dirty:
             return
-        self.parts.lake.flush()
-        if iv.dead and self.parts.dead_dir is not None:
-            write_dead_letters(self.parts.dead_dir, iv.dead)
         self.done.update(iv.offsets)
-        states = {p: PartitionState(self.done[p], self.features.state(p)) for p in self.partitions}
-        self.parts.checkpoints.save(states, {"model_version": self.parts.holder.version})
-        self.parts.committer.commit(dict(self.done))
-        self.committed_offsets = dict(self.done)
-        now_ms = time.time() * 1000.0
-        if iv.kafka_ts:
-            ts = np.concatenate(iv.kafka_ts)
-            self.metrics.latency.observe_many(now_ms - ts[ts > 0])
-        self.metrics.commits += 1
-        self._commits += 1
+        job = _CommitJob(
+            lake=self.parts.lake.take_buffer(), dead=iv.dead,
+            # copies: the feature step goes on updating the state arrays in place
+            states={p: PartitionState(self.done[p], {k: v.copy() for k, v in self.features.state(p).items()})
+                    for p in self.partitions},
+            records=iv.records, offsets=dict(self.done), kafka_ts=iv.kafka_ts, model_version=self.parts.holder.version)
         self.interval = _Interval()
         self._last_commit = time.monotonic()
+        if wait:
+            self._run_commit(job)
+            return
+        self._commit_thread = threading.Thread(target=self._commit_in_thread, args=(job,),
+                                               name=f"isostream-commit-{self.name}", daemon=True)
+        self._commit_thread.start()
+
+    def _commit_in_thread(self, job: _CommitJob) -> None:
+        try:
+            self._run_commit(job)
+        except BaseException as err:  # noqa: BLE001 - handed to the loop, which raises it
+            self._commit_error = err
+
+    def _join_commit(self) -> None:
+        if self._commit_thread is not None:
+            self._commit_thread.join()
+            self._commit_thread = None
+        if self._commit_error is not None:
+            err, self._commit_error = self._commit_error, None
+            raise err
+
+    def _run_commit(self, job: _CommitJob) -> None:
+        self.parts.lake.flush_buffer(job.lake)
+        if job.dead and self.parts.dead_dir is not None:
+            write_dead_letters(self.parts.dead_dir, job.dead)
+        self.parts.checkpoints.save(job.states, {"model_version": job.model_version})
+        self.parts.committer.commit(job.offsets, job.records)
+        self.committed_offsets = job.offsets
+        if job.kafka_ts:
+            ts = np.concatenate(job.kafka_ts)
+            self.metrics.latency.observe_many(time.time() * 1000.0 - ts[ts > 0])
+        self.metrics.commits += 1
+        self._commits += 1
         if self._commits % 8 == 0:  # merge small lake files now and then, off the per-batch path
             self.parts.lake.compact(self.partitions)
 
@@ -244,6 +292,7 @@ class GroupRunner:
         """Recover, then process until ``should_stop()``; drains, commits and returns the final snapshot."""
         interval_s = self.cfg.runtime.commit_interval_ms / 1000.0
         cap = _GATE_FACTOR * self.cfg.model.fit_on_first
+        background = self.cfg.runtime.commit_in_background
         stopping = False
         try:
             self.recover()
@@ -261,10 +310,15 @@ class GroupRunner:
                     time.sleep(0.05)  # waiting for the first model: do not spin
                 self._release()
                 if time.monotonic() - self._last_commit >= interval_s:
-                    self.commit()
+                    self.commit(wait=not background)
                 if stopping and (not self.gate or self._waited_too_long()):
                     break
             self.commit()
+        except BaseException:
+            # a failed run still waits for its commit thread before closing; the loop's error is the one raised
+            if self._commit_thread is not None:
+                self._commit_thread.join()
+            raise
         finally:
             self._maybe_report(force=True)
             self.parts.committer.close()

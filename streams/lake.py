@@ -286,17 +286,26 @@ class LakeWriter:
         the groups not yet written stay buffered, so a later ``flush`` writes them (the caller must not commit
         offsets until one succeeds).
         """
+        return self.flush_buffer(self._buffer)
+
+    def take_buffer(self) -> dict[tuple[str, int], list[pa.Table]]:
+        """Hand over what is buffered (to be written by :meth:`flush_buffer`, e.g. on another thread)."""
+        buffer, self._buffer = self._buffer, {}
+        return buffer
+
+    def flush_buffer(self, buffer: dict[tuple[str, int], list[pa.Table]]) -> list[Path]:
+        """:meth:`flush` for a buffer taken with :meth:`take_buffer`; what fails stays in ``buffer``."""
         written = []
-        for key in sorted(self._buffer):
+        for key in sorted(buffer):
             date, partition = key
-            tables = self._buffer[key]
+            tables = buffer[key]
             try:
                 table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
             except pa.ArrowException as err:
                 msg = f"lake: batches for date={date} partition {partition} have clashing columns: {err}"
                 raise LakeError(msg) from err
             written.append(self._write_part(self.root / f"date={date}", partition, table))
-            del self._buffer[key]  # only once its file is durable and listed
+            del buffer[key]  # only once its file is durable and listed
         return written
 
     def write(self, frame: pd.DataFrame) -> list[Path]:

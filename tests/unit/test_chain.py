@@ -103,8 +103,8 @@ class _Remembering(MemoryCommitter):
         self.topics, self.offsets, self.commits = inner.topics, inner.offsets, inner.commits
         self.source, self.harness = source, harness
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        super().commit(offsets)
+    def commit(self, offsets: dict[int, int], records: list) -> None:
+        super().commit(offsets, records)
         self.harness.committed.update(offsets)
 
 
