@@ -191,7 +191,7 @@ class KafkaBatchSource:
         return self._consumer.consumer_group_metadata()
 
     def committed(self) -> dict[int, int]:
-        """The group's committed offsets for the assigned partitions (-1 = none yet)."""
+        """The group's committed offsets for the assigned partitions (negative = none yet: librdkafka says -1001)."""
         tps = self._consumer.committed(self._consumer.assignment(), timeout=30)
         return {tp.partition: tp.offset for tp in tps}
 

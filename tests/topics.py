@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -27,3 +29,13 @@ def topic_values(bootstrap: str, topic: str, partitions: int = 1, *, idle_s: flo
     finally:
         consumer.close()
     return out
+
+
+_fresh = itertools.count()
+
+
+def fresh_topic(broker: Any, prefix: str, partitions: int) -> str:
+    """Create a topic with a name no other test of the session uses; returns the name."""
+    name = f"{prefix}-{next(_fresh)}-{time.monotonic_ns()}"
+    broker.create_topic(name, partitions)
+    return name

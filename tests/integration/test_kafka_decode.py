@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import random
 import time
 
@@ -24,16 +23,12 @@ from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
 from streams.records import RawBatch
 from streams.schema import STATION_ALARM
+from tests.topics import fresh_topic
 
 pytestmark = pytest.mark.integration
 
-_names = itertools.count()
-
-
 def _topic(broker: EmbeddedBroker, partitions: int) -> str:
-    name = f"decode-{next(_names)}-{time.monotonic_ns()}"
-    broker.create_topic(name, partitions)
-    return name
+    return fresh_topic(broker, "decode", partitions)
 
 
 def _produce_events(broker: EmbeddedBroker, topic: str, n: int, seed: int) -> None:

@@ -3,7 +3,6 @@ subscribe."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections import defaultdict
@@ -14,16 +13,12 @@ from streams.broker import EmbeddedBroker
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
 from streams.records import RawBatch
+from tests.topics import fresh_topic
 
 pytestmark = pytest.mark.integration
 
-_names = itertools.count()
-
-
 def _topic(broker: EmbeddedBroker, partitions: int) -> str:
-    name = f"src-{next(_names)}-{time.monotonic_ns()}"
-    broker.create_topic(name, partitions)
-    return name
+    return fresh_topic(broker, "src", partitions)
 
 
 def _produce(broker: EmbeddedBroker, topic: str, n: int, *, start: int = 0, n_keys: int = 40) -> None:
