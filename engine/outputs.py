@@ -303,12 +303,12 @@ def decode_scores(value: bytes | bytearray) -> pd.DataFrame:
 
 def alert_records(scored: Scored) -> tuple[list[bytes], list[bytes | None]]:
     """The ``alerts`` topic records: flagged events with all their fields and an explanation."""
-    mask = scored.frame["is_anomaly"].to_numpy()
-    if not mask.any():
+    idx = np.flatnonzero(scored.frame["is_anomaly"].to_numpy())
+    if len(idx) == 0:
         return [], []
-    flagged = scored.frame[mask].copy()
-    flagged["explanation"] = [e for e, m in zip(scored.explanations, mask, strict=True) if m]
-    keys = [k for k, m in zip(scored.keys, mask, strict=True) if m]
+    flagged = scored.frame.iloc[idx].copy()  # work in proportion to the flagged rows, not the batch
+    flagged["explanation"] = [scored.explanations[i] for i in idx.tolist()]
+    keys = [scored.keys[i] for i in idx.tolist()]
     return to_json_lines(flagged), keys
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from engine.config import FeaturesConfig
 from engine.features import FeatureBuilder, KeyState
@@ -183,7 +184,7 @@ def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
     assert batch.frame is not None and batch.model_version is not None
     lake = lake_frame(batch.frame, list(spec.fields), batch.score, batch.threshold, batch.is_anomaly,
                       batch.model_version)
-    keys = [k.encode() if isinstance(k, str) else None for k in batch.frame["_key"].tolist()]
+    keys = pa.array(batch.frame["_key"]).cast(pa.binary()).to_pylist()  # bytes (or None) per row, in C
     scored = Scored(lake, keys, batch.explanations or [None] * len(lake))
     if spec.scores_format == "arrow":  # one columnar record per batch: no per-event record at all
         value = encode_scores_arrow(scores_frame(scored, spec.key_field, spec.time_field))
