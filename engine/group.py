@@ -37,6 +37,7 @@ from engine.committer import Committer
 from engine.config import Config
 from engine.model_holder import ModelHolder
 from engine.outputs import Scored, stats_record
+from engine.reader import Reader, route_commits
 from engine.source import Source
 from engine.telemetry import GroupMetrics
 from streams.deadletter import DeadLetter, write_dead_letters
@@ -122,13 +123,15 @@ class GroupRunner:
         self._rate_mark = (time.monotonic(), 0)
         self._commits = 0
         self._commit_thread: threading.Thread | None = None
+        self._reader: Reader | None = None
         self._commit_error: BaseException | None = None
 
     # -- the graph -------------------------------------------------------------------------------------------
     def _build_streams(self) -> tuple[Stream, Stream]:
         """Two streamz graphs joined by the model gate: decode -> features, then score -> outputs."""
-        head = Stream()
-        head.map(steps.decode, self.decoder).map(steps.features, self.features).sink(self._arrived)
+        head, self._decoded = Stream(), Stream()
+        head.map(steps.decode, self.decoder).connect(self._decoded)  # the reader thread enters decoded
+        self._decoded.map(steps.features, self.features).sink(self._arrived)
         tail = Stream()
         tail.map(steps.score, self.parts.holder).map(steps.outputs, self.spec).sink(self._scored)
         return head, tail
@@ -273,10 +276,13 @@ class GroupRunner:
         t0, n0 = self._rate_mark
         self.metrics.events_per_s = (self.metrics.records_in - n0) / max(now - t0, 1e-6)
         self._rate_mark = (now, self.metrics.records_in)
-        try:
-            self.metrics.lag = int(sum(self.parts.source.lag().values()))
-        except Exception:  # noqa: BLE001 - lag is informative; never stop the stream for it
-            pass
+        if self._reader is not None:  # the reader owns the consumer: it reads the lag between polls
+            self.metrics.lag = int(sum(self._reader.lag.values()))
+        else:
+            try:
+                self.metrics.lag = int(sum(self.parts.source.lag().values()))
+            except Exception:  # noqa: BLE001 - lag is informative; never stop the stream for it
+                pass
         self.metrics.waiting_for_model = len(self.gate) > 0 and self.parts.holder.current is None
         # the version the group scores with now (swapped between batches), even while no event arrives
         self.metrics.model_version = self.parts.holder.version or self.metrics.model_version
@@ -294,25 +300,29 @@ class GroupRunner:
         cap = _GATE_FACTOR * self.cfg.model.fit_on_first
         background = self.cfg.runtime.commit_in_background
         stopping = False
+        undo: Callable[[], None] = _nothing
         try:
             self.recover()
+            self._reader = Reader(self.parts.source, self.decoder).start()
+            undo = route_commits(self.parts.committer, self._reader)
             while True:
                 self._maybe_report()
                 if not stopping and should_stop():
                     stopping = True
                 gated = sum(b.rows for b in self.gate)
                 self.parts.holder.refresh()
-                if not stopping and gated < cap:
-                    raw = self.parts.source.poll_batch()
-                    if raw is not None:
-                        self.process(raw)
-                elif self.gate:
-                    time.sleep(0.05)  # waiting for the first model: do not spin
+                # batches the reader holds when stopping are dropped: their offsets are never committed
+                self._reader.pause(stopping or gated >= cap)
+                batch = self._reader.get(0.05) if not stopping else None
+                if batch is not None:
+                    self._decoded.emit(batch)
                 self._release()
                 if time.monotonic() - self._last_commit >= interval_s:
                     self.commit(wait=not background)
                 if stopping and (not self.gate or self._waited_too_long()):
                     break
+                if stopping and self.gate:
+                    time.sleep(0.05)  # waiting for the first model: do not spin
             self.commit()
         except BaseException:
             # a failed run still waits for its commit thread before closing; the loop's error is the one raised
@@ -320,7 +330,11 @@ class GroupRunner:
                 self._commit_thread.join()
             raise
         finally:
+            if self._reader is not None:
+                self._reader.stop()
+            undo()
             self._maybe_report(force=True)
+            self._reader = None
             self.parts.committer.close()
             self.parts.source.close()
         return self.snapshot()
@@ -334,6 +348,10 @@ class GroupRunner:
                         self.pipeline, self.name, sum(b.rows for b in self.gate))
             return True
         return False
+
+
+def _nothing() -> None:
+    return None
 
 
 def _recover_dead(directory: Path, start: dict[int, int]) -> list[Path]:

@@ -90,8 +90,10 @@ class Harness:
         return GroupRunner(cfg, PARTITIONS, parts), source
 
     def run_all(self) -> GroupRunner:
-        runner, source = self.runner()
-        runner.run(lambda: not source._queue)
+        """Run until every message is committed (as the driver stops a group once its records are done)."""
+        runner, _ = self.runner()
+        ends = {p: max(int(b.offsets.max()) + 1 for b in self.batches if b.partitions[0] == p) for p in PARTITIONS}
+        runner.run(lambda: all(self.committed.get(p, 0) >= e for p, e in ends.items()))
         return runner
 
 
