@@ -40,8 +40,9 @@ from engine.outputs import Scored, stats_record
 from engine.reader import Reader, route_commits
 from engine.source import Source
 from engine.telemetry import GroupMetrics
-from streams.deadletter import DeadLetter, write_dead_letters
+from streams.deadletter import DeadLetter, dead_letter_files, write_dead_letters
 from streams.decode import Decoder
+from streams.durable import remove_durably
 from streams.lake import LakeWriter
 from streams.records import RawBatch
 
@@ -124,6 +125,7 @@ class GroupRunner:
         self._commits = 0
         self._commit_thread: threading.Thread | None = None
         self._reader: Reader | None = None
+        self._stop_wait_until = float("inf")
         self._commit_error: BaseException | None = None
 
     # -- the graph -------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ class GroupRunner:
         self.committed_offsets = job.offsets
         if job.kafka_ts:
             ts = np.concatenate(job.kafka_ts)
-            self.metrics.latency.observe_many(time.time() * 1000.0 - ts[ts > 0])
+            self.metrics.observe_committed(ts[ts > 0])
         self.metrics.commits += 1
         self._commits += 1
         if self._commits % 8 == 0:  # merge small lake files now and then, off the per-batch path
@@ -309,6 +311,8 @@ class GroupRunner:
                 self._maybe_report()
                 if not stopping and should_stop():
                     stopping = True
+                    # rows still waiting for a first model get the coordinator's idle fit, then are given up
+                    self._stop_wait_until = time.monotonic() + 3 * self.cfg.model.fit_idle_s + 10.0
                 gated = sum(b.rows for b in self.gate)
                 self.parts.holder.refresh()
                 # batches the reader holds when stopping are dropped: their offsets are never committed
@@ -340,9 +344,7 @@ class GroupRunner:
         return self.snapshot()
 
     def _waited_too_long(self) -> bool:
-        """Stopping while rows still wait for a first model: give the coordinator its idle fit, then give up."""
-        if not hasattr(self, "_stop_wait_until"):
-            self._stop_wait_until = time.monotonic() + 3 * self.cfg.model.fit_idle_s + 10.0
+        """Stopping while rows still wait for a first model: past the deadline set when stopping began."""
         if time.monotonic() > self._stop_wait_until:
             log.warning("%s/%s: stopped with %d rows that never got a model; they stay uncommitted",
                         self.pipeline, self.name, sum(b.rows for b in self.gate))
@@ -356,9 +358,6 @@ def _nothing() -> None:
 
 def _recover_dead(directory: Path, start: dict[int, int]) -> list[Path]:
     """Dead-letter files of these partitions written past their committed offsets."""
-    from streams.deadletter import dead_letter_files
-    from streams.durable import remove_durably
-
     stale = [path for p, first, _, path in dead_letter_files(directory) if p in start and first >= start[p]]
     if stale:
         remove_durably(stale)
