@@ -14,7 +14,7 @@ goes until every event is committed and is then stopped with SIGINT. Then:
   reads the group's committed offsets and the lake (which is flushed *before* the transaction and cleaned only
   by the restart's recovery), so the offsets ``[committed, lake end)`` of each partition are exactly the
   interval that was in flight; every duplicate must lie in such a window, at most once per kill;
-- per partition, the newest checkpoint's per-key state must equal a :class:`~engine.features.FeatureBuilder` run
+- per partition, the newest checkpoint's per-key state must equal a :class:`~training.features.FeatureBuilder` run
   once over that partition's lake rows in offset order (what an uninterrupted run computes);
 - no process of the killed tree may outlive the kill (the LocalCluster workers are children of the driver).
 
@@ -53,7 +53,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from benchmarks.common import finish, row
 from engine.checkpoint import CheckpointStore
 from engine.config import Config, load
-from engine.features import FeatureBuilder
+from training.features import FeatureBuilder
 from streams.broker import EmbeddedBroker, create_topics
 from streams.generator import GeneratorSettings
 from streams.kafka_sink import KafkaSink
@@ -66,7 +66,7 @@ CONFIG = REPO / "configs" / "demo.yaml"
 OUTPUT_TOPICS = ("scores", "alerts", "stats", "dead_letter", "metrics", "control")
 #: the Kafka coordinates at the end of a JSON ``scores`` record (engine/outputs.py writes them last, in order)
 _COORDS = re.compile(rb'"partition":(\d+),"offset":(\d+)\}')
-_STATE_ARRAYS = ("keys", "mean", "var", "last_t", "count")
+_STATE_ARRAYS = ("keys", "fstate", "ring_v", "ring_t", "ring_s", "kstate", "tring", "shring")
 
 
 def log(msg: str) -> None:
@@ -200,7 +200,8 @@ def state_matches(cfg: Config, lake: pd.DataFrame, state_dir: Path) -> dict[int,
             continue
         offset, got = saved[part]
         out[part] = offset == int(rows["kafka_offset"].max()) + 1 and all(
-            name in got and np.array_equal(np.asarray(want[name]), np.asarray(got[name])) for name in _STATE_ARRAYS)
+            f"f.{name}" in got and np.array_equal(np.asarray(want[name]), np.asarray(got[f"f.{name}"]))
+            for name in _STATE_ARRAYS)
     return out
 
 

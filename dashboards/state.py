@@ -30,7 +30,7 @@ import pandas as pd
 
 from dashboards.aggregate import Kpis, PerSecond, RollingHistogram, Snapshot
 from dashboards.feed import KafkaFeed
-from dashboards.records import RawRecord, ScoreRecord, parse_alert, parse_score, parse_stats
+from dashboards.records import RawRecord, ScoreRecord, as_dict, parse_alert, parse_score, parse_stats
 from engine.outputs import ScoresFormatError, decode_scores, is_arrow_scores
 
 #: alert fields not worth a table column (always true, or Kafka bookkeeping)
@@ -204,7 +204,8 @@ class LiveState:
 
     def ingest_stats(self, records: Iterable[RawRecord], timestamps: Sequence[float] | None = None) -> int:
         """Fold ``stats`` records (one per engine micro-batch) into the totals; returns how many were usable."""
-        records = list(records)
+        # per-key window records share the topic; they are not batch totals (nor malformed)
+        records = [r for r in records if not _is_window(r)]
         parsed = [s for s in map(parse_stats, records) if s is not None]
         with self._lock:
             self._bad["stats"] += len(records) - len(parsed)
@@ -345,3 +346,8 @@ def _alerts_frame(alerts: list[dict[str, Any]]) -> pd.DataFrame:
     if "threshold" in frame:
         frame["threshold"] = pd.to_numeric(frame["threshold"], errors="coerce").round(4)
     return frame
+
+
+def _is_window(raw: RawRecord) -> bool:
+    rec = as_dict(raw)
+    return rec is not None and rec.get("kind") in ("window", "window_alert")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from streams.schema import STATION_ALARM, Schema
+from training.features import FeatureError, FeaturesConfig
 
 ENV_PREFIX = "ISOSTREAM__"
 
@@ -35,6 +36,8 @@ class Topics(_Section):
     metrics: str = "metrics"
     #: operators' commands to the running engine, e.g. {"action": "swap", "version": "v..."}
     control: str = "control"
+    #: one record when an incident opens and one when it closes (engine/incidents.py)
+    incidents: str = "incidents"
 
 
 class KafkaConfig(_Section):
@@ -66,17 +69,6 @@ class KafkaConfig(_Section):
         return out
 
 
-class FeaturesConfig(_Section):
-    #: numeric input fields used as model features as they are
-    numeric: tuple[str, ...] = ("value", "valueThreshold")
-    #: per-key rolling statistics over the last N events of each key (spans batches)
-    rolling_window: int = Field(default=32, gt=1)
-    rolling: bool = True
-    #: value / threshold ratio when both fields are declared
-    ratio: tuple[str, str] | None = ("value", "valueThreshold")
-    time_of_day: bool = True
-
-
 class ModelConfig(_Section):
     #: load this model version directory instead of fitting one
     path: Path | None = None
@@ -84,7 +76,11 @@ class ModelConfig(_Section):
     fit_on_first: int = Field(default=5_000, gt=10)
     n_trees: int = Field(default=100, gt=0)
     max_samples: int = Field(default=256, gt=1)
+    #: the expected share of anomalies in normal traffic: the threshold is the (1 - contamination) quantile of
+    #: the scores of events judged normal (flagged events do not pull it up)
     contamination: float = Field(default=0.01, gt=0.0, lt=0.5)
+    #: a fixed score threshold instead of the quantile (null = calibrate)
+    fixed_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int = 0
     #: the model registry: every version the engine fits or publishes, and the CURRENT pointer it follows
     save_dir: Path = Path("models")
@@ -100,9 +96,37 @@ class ModelConfig(_Section):
 
 
 class WindowsConfig(_Section):
+    """Per-key event-time windows (see engine/windows.py); results go to the stats topic and lake.windows_path."""
+
+    enabled: bool = True
     size_s: float = Field(default=60.0, gt=0)
+    #: null = tumbling windows; else sliding windows that start every slide_s (size_s a multiple of it)
     slide_s: float | None = Field(default=None, gt=0)
+    #: the watermark trails the newest event time by this much; windows close when it passes their end
     allowed_lateness_s: float = Field(default=10.0, ge=0)
+    #: an event for a closed window: dead_letter (reason late_event) or update (the window is re-emitted)
+    late_events: Literal["dead_letter", "update"] = "dead_letter"
+    #: with late_events: update, closed windows are kept this long for late events (null = size_s)
+    retention_s: float | None = Field(default=None, ge=0)
+    #: numeric fields aggregated (mean/min/max/std); null = features.numeric
+    fields: tuple[str, ...] | None = None
+    #: a bool field whose true values are counted as alarms (e.g. isActive); null = none
+    alarm_field: str | None = None
+    #: a window-level alert when the share of anomalies / alarms in a closed window exceeds this
+    alert_anomaly_rate: float | None = Field(default=None, gt=0, le=1)
+    alert_alarm_rate: float | None = Field(default=None, gt=0, le=1)
+    #: ... in windows of at least this many events
+    min_count: int = Field(default=10, ge=1)
+
+
+class IncidentsConfig(_Section):
+    """Consecutive alerts of one key grouped into one incident (the incidents topic)."""
+
+    enabled: bool = True
+    #: an incident closes after this many events of its key in a row without an alert ...
+    close_after_events: int = Field(default=8, ge=1)
+    #: ... or once the partition's event time is this far past its last alert
+    close_after_s: float = Field(default=300.0, gt=0)
 
 
 class LakeConfig(_Section):
@@ -113,6 +137,8 @@ class LakeConfig(_Section):
     compact_min_files: int = Field(default=16, ge=2)
     #: ... into files of up to this many rows
     compact_target_rows: int = Field(default=1_000_000, gt=0)
+    #: the per-key window results table (null = <path>/windows)
+    windows_path: Path | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -178,6 +204,7 @@ class Config(_Section):
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
     windows: WindowsConfig = WindowsConfig()
+    incidents: IncidentsConfig = IncidentsConfig()
     lake: LakeConfig = LakeConfig()
     cluster: ClusterConfig = ClusterConfig()
     dashboard: DashboardConfig = DashboardConfig()
@@ -241,15 +268,27 @@ class Config(_Section):
         return out
 
     def check_features_against_schema(self) -> None:
+        try:
+            self.features.check_against(self.schema_)
+        except FeatureError as err:
+            raise ConfigError(str(err)) from None
         names = {f.name: f.type for f in self.schema_.fields}
-        wanted = list(self.features.numeric) + list(self.features.ratio or ())
-        for name in wanted:
-            if name not in names:
-                msg = f"features: field {name!r} is not declared in schema.fields ({sorted(names)})"
+        w = self.windows
+        for name in w.fields or ():
+            if names.get(name) not in ("int", "float", "bool"):
+                msg = f"windows.fields: {name!r} is not a numeric field of schema.fields ({sorted(names)})"
                 raise ConfigError(msg)
-            if names[name] not in ("int", "float", "bool"):
-                msg = f"features: field {name!r} has type {names[name]!r}; features must be numeric"
-                raise ConfigError(msg)
+        if w.alarm_field is not None and names.get(w.alarm_field) != "bool":
+            msg = f"windows.alarm_field: {w.alarm_field!r} is not a bool field of schema.fields ({sorted(names)})"
+            raise ConfigError(msg)
+        if w.slide_s is not None and (w.slide_s > w.size_s or abs(w.size_s / w.slide_s - round(w.size_s / w.slide_s)) > 1e-9):
+            msg = f"windows.slide_s: {w.slide_s} must divide windows.size_s ({w.size_s})"
+            raise ConfigError(msg)
+
+    @property
+    def windows_path(self) -> Path:
+        """The windows lake table (``lake.windows_path`` or ``<lake.path>/windows``)."""
+        return self.lake.windows_path if self.lake.windows_path is not None else self.lake.path / "windows"
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class ModelCoordinator:
         #: partition groups of the pipeline: the first fit waits for rows of each (keys differ by partition)
         self.groups = max(int(groups), 1)
         self._fit_rows: dict[str, list[np.ndarray]] = {}
+        self._fit_warm: dict[str, list[np.ndarray]] = {}
         self._learned_from: set[str] = set()
         self._adapted_once = False
         self._last_offer = time.monotonic()
@@ -101,7 +102,10 @@ class ModelCoordinator:
         group = str(sample.get("group", ""))
         if self.master is None:
             if len(X):
+                warm = sample.get("warm")
+                warm = np.ones(len(X), dtype=bool) if warm is None else np.asarray(warm, dtype=bool)
                 self._fit_rows.setdefault(group, []).append(X)
+                self._fit_warm.setdefault(group, []).append(warm)
             return
         scores = sample.get("scores")
         if scores is None or not len(X):  # fit rows that arrived after the fit: already represented
@@ -125,19 +129,30 @@ class ModelCoordinator:
         return None
 
     def _maybe_fit(self) -> str | None:
-        """Fit once ``fit_on_first`` rows came from every group (or on what came, once nothing new comes)."""
-        per_group = {g: sum(len(x) for x in xs) for g, xs in self._fit_rows.items()}
+        """Fit once ``fit_on_first`` rows of warm keys came from every group (or on what came, once nothing new
+        comes).
+
+        Rows of keys still in their warm-up carry no baseline yet (their deviations read 0): the first model is
+        fitted on warm rows, and only falls back to every row when too few warm ones came to grow a tree on.
+        """
+        per_group = {g: sum(int(w.sum()) for w in ws) for g, ws in self._fit_warm.items()}
         rows = sum(per_group.values())
+        every = sum(len(x) for xs in self._fit_rows.values() for x in xs)
         idle = time.monotonic() - self._last_offer >= self.cfg.fit_idle_s
         complete = rows >= self.cfg.fit_on_first and len(per_group) >= self.groups
-        if not complete and not (idle and rows >= 2):
+        if not complete and not (idle and every >= 2):
             return None
-        X = _even_share({g: np.concatenate(xs) for g, xs in self._fit_rows.items()}, max(self.cfg.fit_on_first, 2))
-        self._fit_rows = {}
+        enough_warm = rows >= min(self.cfg.fit_on_first, self.cfg.max_samples)
+        chosen = {}
+        for g, xs in self._fit_rows.items():
+            X = np.concatenate(xs)
+            chosen[g] = X[np.concatenate(self._fit_warm[g])] if enough_warm else X
+        X = _even_share({g: x for g, x in chosen.items() if len(x)}, max(self.cfg.fit_on_first, 2))
+        self._fit_rows, self._fit_warm = {}, {}
         m = self.cfg
         log.info("coordinator: fitting the first model on %d rows from %d groups", len(X), len(per_group))
         self.master = Detector.fit(X, self.feature_names, n_trees=m.n_trees, max_samples=min(m.max_samples, len(X)),
-                                   contamination=m.contamination, seed=m.seed)
+                                   contamination=m.contamination, seed=m.seed, fixed_threshold=m.fixed_threshold)
         self.status.fit_rows = len(X)
         return self.publish(f"fitted on the first {len(X)} events of {len(per_group)} partition groups")
 

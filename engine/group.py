@@ -1,11 +1,13 @@
 """A partition group: the whole chain for a share of the input partitions, in one long-running loop.
 
-``source -> decode -> features -> [model gate] -> score -> outputs -> committer``. The loop reads a batch,
+``source -> decode -> features -> [model gate] -> score -> aggregate -> outputs -> committer``. The loop reads a batch,
 pushes it through the streamz graph, and every ``runtime.commit_interval_ms`` makes the interval durable in
 one order that crash recovery relies on:
 
-1. the lake files of the interval (fsync'd, named by partition and offset range) and its dead letters;
-2. a checkpoint of every partition's feature state at the offsets being committed;
+1. the lake files of the interval (fsync'd, named by partition and offset range: events, and the windows that
+   closed), and its dead letters;
+2. a checkpoint of every partition's state (per-key features, open windows, open incidents) at the offsets
+   being committed;
 3. the Kafka commit: one transaction with the topic records and the input offsets (exactly-once), or the
    records flushed and then the offsets committed (at-least-once).
 
@@ -34,6 +36,7 @@ from streamz import Stream
 from engine import steps
 from engine.checkpoint import CheckpointStore, PartitionState
 from engine.committer import Committer
+from engine.aggregate import KeyedAggregates
 from engine.config import Config
 from engine.model_holder import ModelHolder
 from engine.outputs import Scored, stats_record
@@ -71,6 +74,8 @@ class GroupParts:
     #: hands a progress snapshot to the driver
     report: Callable[[dict[str, Any]], None] = lambda snapshot: None
     dead_dir: Path | None = None
+    #: the windows lake table (None: windows are not kept in the lake)
+    windows_lake: LakeWriter | None = None
 
 
 @dataclass
@@ -89,6 +94,7 @@ class _CommitJob:
     """One interval, frozen at its offsets, for the commit thread."""
 
     lake: dict[tuple[str, int], Any]
+    windows: dict[tuple[str, int], Any]
     dead: list[DeadLetter]
     states: dict[int, PartitionState]
     records: list[steps.TopicRecords]
@@ -108,10 +114,11 @@ class GroupRunner:
         self.parts = parts
         self.decoder = Decoder(cfg.schema, cfg.cluster.backend)
         self.features = steps.PartitionFeatures(cfg.features, cfg.schema)
+        self.aggregates = KeyedAggregates(cfg)
         t = cfg.kafka.topics
         self.spec = steps.OutputSpec(tuple(f.name for f in cfg.schema.fields), cfg.schema.key,
                                      cfg.schema.event_time.field, t.scores, t.alerts, t.dead_letter,
-                                     cfg.kafka.scores_format)
+                                     cfg.kafka.scores_format, t.stats, t.incidents)
         self.metrics = GroupMetrics(pipeline=pipeline, group=self.name)
         self.gate: deque[steps.Batch] = deque()
         self.interval = _Interval()
@@ -135,14 +142,15 @@ class GroupRunner:
         head.map(steps.decode, self.decoder).connect(self._decoded)  # the reader thread enters decoded
         self._decoded.map(steps.features, self.features).sink(self._arrived)
         tail = Stream()
-        tail.map(steps.score, self.parts.holder).map(steps.outputs, self.spec).sink(self._scored)
+        (tail.map(steps.score, self.parts.holder).map(steps.aggregate, self.aggregates)
+         .map(steps.outputs, self.spec).sink(self._scored))
         return head, tail
 
     def _arrived(self, batch: steps.Batch) -> None:
         self.metrics.records_in += len(batch.raw)
         if self.parts.holder.current is None and batch.rows:
-            assert batch.X is not None
-            self.parts.learn({"group": self.name, "X": batch.X.astype(np.float32), "fit": True})
+            assert batch.X is not None and batch.warm is not None
+            self.parts.learn({"group": self.name, "X": batch.X.astype(np.float32), "warm": batch.warm, "fit": True})
         self.gate.append(batch)
 
     def _scored(self, result: tuple[steps.Batch, list[steps.TopicRecords]]) -> None:
@@ -158,6 +166,20 @@ class GroupRunner:
             self.metrics.events_scored += batch.rows
             assert batch.is_anomaly is not None
             self.metrics.anomalies += int(np.count_nonzero(batch.is_anomaly))
+            if batch.warm is not None:
+                self.metrics.warmup_events += int(batch.rows - np.count_nonzero(batch.warm))
+        agg = batch.aggregated
+        if agg is not None:
+            if agg.windows is not None and len(agg.windows):
+                self.metrics.windows_closed += len(agg.windows)
+                if self.parts.windows_lake is not None:
+                    self.parts.windows_lake.add(agg.windows)
+            self.metrics.late_events += agg.late
+            for rec in agg.incidents:
+                if rec.status == "open":
+                    self.metrics.incidents_opened += 1
+                else:
+                    self.metrics.incidents_closed += 1
         for d in batch.dead:
             self.metrics.dead_letters[d.reason.value] = self.metrics.dead_letters.get(d.reason.value, 0) + 1
         self.interval.dead += batch.dead
@@ -170,11 +192,13 @@ class GroupRunner:
         if n <= 0 or batch.X is None or batch.score is None or batch.is_anomaly is None:
             return
         X, s = batch.X, batch.score
+        if batch.warm is not None and not batch.warm.all():  # a key still filling its baseline teaches nothing
+            X, s = X[batch.warm], s[batch.warm]
         if len(X) > n:  # a uniform sample keeps the coordinator's window representative of every partition
             idx = np.sort(np.random.default_rng(len(X) + self._commits).choice(len(X), n, replace=False))
             X, s = X[idx], s[idx]
         self.parts.learn({"group": self.name, "X": X.astype(np.float32), "scores": s,
-                          "flagged": int(np.count_nonzero(batch.is_anomaly)), "rows": batch.rows,
+                          "flagged": None, "rows": batch.rows,
                           "version": batch.model_version})
 
     def process(self, raw: RawBatch) -> None:
@@ -194,12 +218,16 @@ class GroupRunner:
         committed = self.parts.source.committed()
         start = {p: max(int(committed.get(p, -1)), 0) for p in self.partitions}
         removed = self.parts.lake.recover(start)
+        if self.parts.windows_lake is not None:
+            removed += self.parts.windows_lake.recover(start)
         if self.parts.dead_dir is not None:
             removed += _recover_dead(self.parts.dead_dir, start)
         states = self.parts.checkpoints.find(start)
         for p in self.partitions:
             if p in states:
-                self.features.restore(p, states[p].arrays)
+                arrays = states[p].arrays
+                self.features.restore(p, {k[2:]: v for k, v in arrays.items() if k.startswith("f.")})
+                self.aggregates.restore(p, arrays)
             elif start[p] > 0:
                 log.warning("%s/%s: no checkpoint at committed offset %d of partition %d; its per-key "
                             "features restart empty", self.pipeline, self.name, start[p], p)
@@ -227,9 +255,8 @@ class GroupRunner:
         self.done.update(iv.offsets)
         job = _CommitJob(
             lake=self.parts.lake.take_buffer(), dead=iv.dead,
-            # copies: the feature step goes on updating the state arrays in place
-            states={p: PartitionState(self.done[p], {k: v.copy() for k, v in self.features.state(p).items()})
-                    for p in self.partitions},
+            windows=self.parts.windows_lake.take_buffer() if self.parts.windows_lake is not None else {},
+            states={p: PartitionState(self.done[p], self._state(p)) for p in self.partitions},
             records=iv.records, offsets=dict(self.done), kafka_ts=iv.kafka_ts, model_version=self.parts.holder.version)
         self.interval = _Interval()
         self._last_commit = time.monotonic()
@@ -239,6 +266,12 @@ class GroupRunner:
         self._commit_thread = threading.Thread(target=self._commit_in_thread, args=(job,),
                                                name=f"isostream-commit-{self.name}", daemon=True)
         self._commit_thread.start()
+
+    def _state(self, p: int) -> dict[str, np.ndarray]:
+        """Partition ``p``'s state as copies (the steps go on updating their arrays in place)."""
+        out = {f"f.{k}": v.copy() for k, v in self.features.state(p).items()}
+        out.update({k: v.copy() for k, v in self.aggregates.state(p).items()})
+        return out
 
     def _commit_in_thread(self, job: _CommitJob) -> None:
         try:
@@ -256,6 +289,8 @@ class GroupRunner:
 
     def _run_commit(self, job: _CommitJob) -> None:
         self.parts.lake.flush_buffer(job.lake)
+        if job.windows and self.parts.windows_lake is not None:
+            self.parts.windows_lake.flush_buffer(job.windows)
         if job.dead and self.parts.dead_dir is not None:
             write_dead_letters(self.parts.dead_dir, job.dead)
         self.parts.checkpoints.save(job.states, {"model_version": job.model_version})
@@ -268,6 +303,8 @@ class GroupRunner:
         self._commits += 1
         if self._commits % 8 == 0:  # merge small lake files now and then, off the per-batch path
             self.parts.lake.compact(self.partitions)
+            if self.parts.windows_lake is not None:
+                self.parts.windows_lake.compact(self.partitions)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def _maybe_report(self, force: bool = False) -> None:
@@ -286,6 +323,8 @@ class GroupRunner:
             except Exception:  # noqa: BLE001 - lag is informative; never stop the stream for it
                 pass
         self.metrics.waiting_for_model = len(self.gate) > 0 and self.parts.holder.current is None
+        marks = [w for w in self.aggregates.watermarks().values() if w is not None]
+        self.metrics.watermark_ms = min(marks) / 1000.0 if marks else None
         # the version the group scores with now (swapped between batches), even while no event arrives
         self.metrics.model_version = self.parts.holder.version or self.metrics.model_version
         self.parts.report(self.snapshot())

@@ -321,6 +321,7 @@ def stats_record(
     versions = scored.frame["model_version"]
     return json.dumps(
         {
+            "kind": "batch",
             "ts": time.time(),
             "events": int(len(scores)),
             "events_per_s": float(events_per_s),

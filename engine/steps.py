@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from engine.config import FeaturesConfig
-from engine.features import FeatureBuilder, KeyState
+from engine.aggregate import Aggregated, KeyedAggregates
 from engine.model_holder import ModelHolder
+from engine.windows import window_alert_records, window_records
 from engine.outputs import Scored, alert_records, encode_scores_arrow, lake_frame, score_records, scores_frame
 from streams.deadletter import DeadLetter
 from streams.decode import Decoder
 from streams.records import RawBatch
 from streams.schema import Schema
+from training.features import FeatureBuilder, Features, FeaturesConfig, KeyState
 
 
 class StepError(RuntimeError):
@@ -37,12 +38,16 @@ class Batch:
     frame: pd.DataFrame | None = None
     dead: list[DeadLetter] = field(default_factory=list)
     X: np.ndarray | None = None
+    #: rows of keys past their warm-up (only those may alert, and only those are learnt from)
+    warm: np.ndarray | None = None
     score: np.ndarray | None = None
     threshold: np.ndarray | None = None
     is_anomaly: np.ndarray | None = None
     model_version: str | None = None
     explanations: list[str | None] | None = None
     lake: pd.DataFrame | None = None
+    #: what the aggregate step added: closed windows and incident records
+    aggregated: Aggregated | None = None
     #: when the batch entered the chain (monotonic seconds): its stats record's batch latency counts from here
     arrived: float = field(default_factory=time.monotonic)
 
@@ -90,27 +95,30 @@ class PartitionFeatures:
     def state(self, partition: int) -> dict[str, np.ndarray]:
         return self.builder(partition).state.to_arrays()
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def compute(self, frame: pd.DataFrame) -> Features:
         parts = frame["_partition"].to_numpy()
         if len(parts) == 0:
-            return np.empty((0, len(self.names)))
+            return Features(np.empty((0, len(self.names))), np.zeros(0, dtype=bool))
         first = int(parts[0])
         if (parts == first).all():
-            return self.builder(first).transform(frame)
+            return self.builder(first).compute(frame)
         X = np.empty((len(frame), len(self.names)))
+        warm = np.empty(len(frame), dtype=bool)
         for p in np.unique(parts).tolist():
             idx = np.flatnonzero(parts == p)  # rows keep their order within a partition: state stays exact
-            X[idx] = self.builder(int(p)).transform(frame.iloc[idx])
-        return X
+            out = self.builder(int(p)).compute(frame.iloc[idx])
+            X[idx], warm[idx] = out.X, out.warm
+        return Features(X, warm)
 
 
 def features(batch: Batch, state: PartitionFeatures) -> Batch:
-    """Decoded frame -> feature matrix, updating each partition's per-key state."""
+    """Decoded frame -> feature matrix and warm-up flags, updating each partition's per-key state."""
     if batch.rows:
         assert batch.frame is not None
-        batch.X = state.transform(batch.frame)
+        out = state.compute(batch.frame)
+        batch.X, batch.warm = out.X, out.warm
     else:
-        batch.X = np.empty((0, len(state.names)))
+        batch.X, batch.warm = np.empty((0, len(state.names))), np.zeros(0, dtype=bool)
     return batch
 
 
@@ -131,6 +139,8 @@ def score(batch: Batch, holder: ModelHolder) -> Batch:
     s = det.score(batch.X)
     thr = det.threshold
     flagged = s > thr
+    if batch.warm is not None:
+        flagged &= batch.warm  # a key whose baseline is still filling cannot tell abnormal from new
     batch.score, batch.threshold, batch.is_anomaly = s, np.full(n, thr), flagged
     batch.model_version = det.version
     batch.explanations = explain(det, batch.X, flagged, holder.feature_names)
@@ -148,6 +158,20 @@ def explain(det, X: np.ndarray, flagged: np.ndarray, names: tuple[str, ...]) -> 
     for row, order, i in zip(attr, top.tolist(), idx.tolist(), strict=True):
         out[i] = ", ".join(f"{names[j]}={row[j]:.2f}" for j in order)
     return out
+
+
+# -- aggregate ----------------------------------------------------------------------------------------------
+def aggregate(batch: Batch, state: KeyedAggregates) -> Batch:
+    """Scored rows -> per-key windows and incidents; events too late for their window become dead letters."""
+    if not batch.rows:
+        return batch
+    assert batch.frame is not None and batch.is_anomaly is not None and batch.score is not None
+    agg, late = state.update(batch.frame, batch.is_anomaly, batch.score, batch.explanations or [None] * batch.rows,
+                             batch.model_version)
+    batch.aggregated = agg
+    if agg.late:
+        batch.dead = batch.dead + state.dead_letters(batch.frame, late, batch.raw)
+    return batch
 
 
 # -- outputs -------------------------------------------------------------------------------------------------
@@ -171,6 +195,8 @@ class OutputSpec:
     alerts_topic: str
     dead_letter_topic: str
     scores_format: str = "json"
+    stats_topic: str = "stats"
+    incidents_topic: str = "incidents"
 
 
 def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
@@ -195,5 +221,17 @@ def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
     alerts, alert_keys = alert_records(scored)
     if alerts:
         records.append(TopicRecords(spec.alerts_topic, alerts, alert_keys))
+    agg = batch.aggregated
+    if agg is not None:
+        if agg.windows is not None and len(agg.windows):
+            keys_w = [str(k).encode() for k in agg.windows["key"].tolist()]
+            records.append(TopicRecords(spec.stats_topic, window_records(agg.windows, key_field=spec.key_field or "key"),
+                                        keys_w))
+            window_alerts = window_alert_records(agg.windows, key_field=spec.key_field or "key")
+            if window_alerts:
+                records.append(TopicRecords(spec.alerts_topic, window_alerts))
+        if agg.incidents:
+            records.append(TopicRecords(spec.incidents_topic, [r.to_json() for r in agg.incidents],
+                                        [r.key.encode() for r in agg.incidents]))
     batch.lake = lake
     return batch, records

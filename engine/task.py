@@ -59,11 +59,25 @@ def build_parts(spec: GroupSpec, *, report: Any, learn: Any) -> GroupParts:
     lake = LakeWriter(cfg.lake.path, time_field=cfg.schema.event_time.field, tz=cfg.lake.timezone,
                       compact_min_files=cfg.lake.compact_min_files,
                       compact_target_rows=cfg.lake.compact_target_rows)
+    windows = windows_lake(cfg)
     names = PartitionFeatures(cfg.features, cfg.schema).names
     holder = ModelHolder(cfg.model.save_dir, names, backend=cfg.cluster.backend)
     return GroupParts(source=source, committer=committer, lake=lake,
                       checkpoints=CheckpointStore(cfg.state_dir, name), holder=holder, learn=learn, report=report,
-                      dead_dir=cfg.dead_letter_dir)
+                      dead_dir=cfg.dead_letter_dir, windows_lake=windows)
+
+
+def windows_lake(cfg: Config) -> LakeWriter | None:
+    """The writer of the windows lake table, or None with windows off.
+
+    Every window closed by one batch carries the offset that closed it, so rows share offsets and are kept
+    all (``unique_offsets=False``); day folders follow the window start.
+    """
+    if not cfg.windows.enabled:
+        return None
+    return LakeWriter(cfg.windows_path, time_field="window_start", tz=cfg.lake.timezone,
+                      compact_min_files=cfg.lake.compact_min_files, compact_target_rows=cfg.lake.compact_target_rows,
+                      unique_offsets=False)
 
 
 class SampleSender:

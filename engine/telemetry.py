@@ -15,8 +15,12 @@ A ``metrics`` record (one JSON object per group and report) has these keys:
 ``records_in``           Kafka records consumed (counters count since the group's worker started)
 ``events_scored``        events scored and committed
 ``dead_letters``         {reason: count} of records sent to the dead-letter topic
-``late_events``          events behind the watermark
+``late_events``          events whose event-time window had already closed
+``warmup_events``        events of keys whose baseline was still filling (scored, never alerted on)
 ``anomalies``            events flagged
+``incidents_opened``     incidents opened (one page each) ...
+``incidents_closed``     ... and closed
+``windows_closed``       per-key windows closed and emitted
 ``commits``              offset commits
 ``errors``               errors survived
 ``lag``                  total consumer lag of the group's partitions (records)
@@ -24,6 +28,7 @@ A ``metrics`` record (one JSON object per group and report) has these keys:
 ``events_per_s``         the recent scoring rate
 ``restored_partitions``  partitions whose state came back from a checkpoint when the group started
 ``waiting_for_model``    true while events wait for a first model
+``watermark_ms``         the group's event-time watermark (min over its partitions; merged: the min), or null
 ``latency_ms``           :meth:`LatencyHistogram.to_dict`: Kafka message timestamp -> outputs committed, in ms
 =======================  =====================================================================================
 
@@ -55,7 +60,8 @@ from prometheus_client.registry import Collector
 SCHEMA_VERSION = 1
 #: the default latency buckets: 60 log-spaced buckets from 0.5 ms to 120 s, ~23 % wide each
 LATENCY_LO_MS, LATENCY_HI_MS, LATENCY_BUCKETS = 0.5, 120_000.0, 60
-COUNTERS = ("records_in", "events_scored", "late_events", "anomalies", "commits", "errors")
+COUNTERS = ("records_in", "events_scored", "late_events", "warmup_events", "anomalies", "incidents_opened",
+            "incidents_closed", "windows_closed", "commits", "errors")
 QUANTILES = (0.5, 0.99)
 
 
@@ -196,7 +202,11 @@ class GroupMetrics:
     events_scored: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     late_events: int = 0
+    warmup_events: int = 0
     anomalies: int = 0
+    incidents_opened: int = 0
+    incidents_closed: int = 0
+    windows_closed: int = 0
     commits: int = 0
     errors: int = 0
     lag: int = 0
@@ -204,6 +214,8 @@ class GroupMetrics:
     events_per_s: float = 0.0
     restored_partitions: int = 0
     waiting_for_model: bool = False
+    #: event-time watermark in epoch ms (the min over the group's partitions), None before any event
+    watermark_ms: float | None = None
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def add(self, **counts: int) -> None:
@@ -235,6 +247,8 @@ class GroupMetrics:
         out.events_per_s = self.events_per_s + other.events_per_s
         out.restored_partitions = self.restored_partitions + other.restored_partitions
         out.waiting_for_model = self.waiting_for_model or other.waiting_for_model
+        marks = [w for w in (self.watermark_ms, other.watermark_ms) if w is not None]
+        out.watermark_ms = min(marks) if marks else None  # the engine's watermark: the slowest partition's
         versions = {v for v in (self.model_version, other.model_version) if v is not None}
         out.model_version = versions.pop() if len(versions) == 1 else None
         out.latency = self.latency.merge(other.latency)
@@ -254,6 +268,7 @@ class GroupMetrics:
             "events_per_s": float(self.events_per_s),
             "restored_partitions": int(self.restored_partitions),
             "waiting_for_model": bool(self.waiting_for_model),
+            "watermark_ms": self.watermark_ms,
             "latency_ms": self.latency.to_dict(),
         }
 
@@ -280,6 +295,8 @@ class GroupMetrics:
             out.events_per_s = float(snap.get("events_per_s", 0.0))
             out.restored_partitions = int(snap.get("restored_partitions", 0))
             out.waiting_for_model = bool(snap.get("waiting_for_model", False))
+            mark = snap.get("watermark_ms")
+            out.watermark_ms = None if mark is None else float(mark)
         except (TypeError, ValueError) as exc:
             msg = f"GroupMetrics.from_snapshot: a field of {snap.get('group')!r} has the wrong type: {exc}"
             raise TelemetryError(msg) from exc
@@ -425,8 +442,18 @@ class HubCollector(Collector):
             "records_in": CounterMetricFamily("isostream_records", "Kafka records consumed", labels=labels),
             "events_scored": CounterMetricFamily("isostream_events_scored", "Events scored and committed",
                                                  labels=labels),
-            "late_events": CounterMetricFamily("isostream_late_events", "Events behind the watermark", labels=labels),
+            "late_events": CounterMetricFamily("isostream_late_events", "Events whose window had already closed",
+                                               labels=labels),
+            "warmup_events": CounterMetricFamily("isostream_warmup_events",
+                                                 "Events of keys still filling their baseline (never alerted on)",
+                                                 labels=labels),
             "anomalies": CounterMetricFamily("isostream_anomalies", "Events flagged as anomalies", labels=labels),
+            "incidents_opened": CounterMetricFamily("isostream_incidents_opened", "Incidents opened",
+                                                    labels=labels),
+            "incidents_closed": CounterMetricFamily("isostream_incidents_closed", "Incidents closed",
+                                                    labels=labels),
+            "windows_closed": CounterMetricFamily("isostream_windows_closed", "Per-key windows closed",
+                                                  labels=labels),
             "commits": CounterMetricFamily("isostream_commits", "Offset commits", labels=labels),
             "errors": CounterMetricFamily("isostream_errors", "Errors survived", labels=labels),
         }
@@ -444,6 +471,8 @@ class HubCollector(Collector):
                                      "Partitions whose state came back from a checkpoint", labels=labels)
         waiting = GaugeMetricFamily("isostream_waiting_for_model", "1 while events wait for a first model",
                                     labels=labels)
+        watermark = GaugeMetricFamily("isostream_watermark_seconds",
+                                      "Event-time watermark (epoch seconds; min over partitions)", labels=labels)
         updated = GaugeMetricFamily("isostream_snapshot_timestamp_seconds",
                                     "When the group's worker took the snapshot shown (a stale one means trouble)",
                                     labels=labels)
@@ -465,8 +494,10 @@ class HubCollector(Collector):
                 quantiles.add_metric([*values, str(q)], math.nan if value is None else value / 1000.0)
             restored.add_metric(values, m.restored_partitions)
             waiting.add_metric(values, int(m.waiting_for_model))
+            if m.watermark_ms is not None:
+                watermark.add_metric(values, m.watermark_ms / 1000.0)
             updated.add_metric(values, ts)
-        return [*counters.values(), dead, lag, rate, info, latency, quantiles, restored, waiting, updated]
+        return [*counters.values(), dead, lag, rate, info, latency, quantiles, restored, waiting, watermark, updated]
 
 
 def _le(seconds: float) -> str:

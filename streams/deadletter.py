@@ -19,7 +19,7 @@ from streams.metrics import Metrics
 
 
 class Reason(str, Enum):
-    """Why a record could not be decoded."""
+    """Why a record became a dead letter: it could not be decoded, or it came too late for its window."""
 
     INVALID_JSON = "invalid_json"
     INVALID_CSV = "invalid_csv"
@@ -29,6 +29,8 @@ class Reason(str, Enum):
     NON_FINITE = "non_finite"
     OVERSIZE = "oversize"
     BAD_TIMESTAMP = "bad_timestamp"
+    #: decoded and scored, but its event-time window had closed (windows.late_events: dead_letter)
+    LATE_EVENT = "late_event"
 
 
 @dataclass(frozen=True)

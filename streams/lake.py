@@ -154,11 +154,11 @@ def _live_files(day: Path) -> list[Path]:
     return [day / str(e["name"]) for e in doc["files"]]
 
 
-def _sorted_unique(table: pa.Table, offset_col: str) -> pa.Table:
+def _sorted_unique(table: pa.Table, offset_col: str, unique: bool = True) -> pa.Table:
     """Rows sorted by offset, one per offset (the last added wins: a replay carries the same record)."""
     table = table.sort_by(offset_col)  # a stable sort
     offsets = table[offset_col].to_numpy()
-    if len(offsets) > 1:
+    if unique and len(offsets) > 1:
         keep = np.append(offsets[1:] != offsets[:-1], True)
         if not keep.all():
             table = table.filter(pa.array(keep))
@@ -204,6 +204,7 @@ class LakeWriter:
         compression: str = "zstd",
         compact_min_files: int = 8,
         compact_target_rows: int = 1_000_000,
+        unique_offsets: bool = True,
     ) -> None:
         try:
             zoneinfo.ZoneInfo(tz)
@@ -222,6 +223,8 @@ class LakeWriter:
         self.compression = compression
         self.compact_min_files = compact_min_files
         self.compact_target_rows = compact_target_rows
+        #: one row per offset (events); False for derived tables whose rows share the offset that made them
+        self.unique_offsets = unique_offsets
         self._buffer: dict[tuple[str, int], list[pa.Table]] = {}
         self._owned: set[int] = set()  # partitions this writer has added or recovered
         try:
@@ -315,7 +318,7 @@ class LakeWriter:
 
     def _write_file(self, day: Path, partition: int, table: pa.Table) -> _Entry:
         """Write ``table`` (rows of one partition) as a durable data file in ``day``; the manifest is not touched."""
-        table = _sorted_unique(table, self.offset_col)
+        table = _sorted_unique(table, self.offset_col, self.unique_offsets)
         offsets = table[self.offset_col]
         first, last = int(offsets[0].as_py()), int(offsets[-1].as_py())
         path = day / part_name(partition, first, last)

@@ -18,11 +18,12 @@ from engine.checkpoint import CheckpointStore
 from engine.committer import MemoryCommitter
 from engine.config import Config, load
 from engine.coordinator import ModelCoordinator
-from engine.features import FeatureBuilder
+from training.features import FeatureBuilder
 from engine.group import GroupParts, GroupRunner
 from engine.model_holder import ModelError, ModelHolder
 from engine.source import MemorySource
 from engine.steps import PartitionFeatures
+from engine.task import windows_lake
 from streams.generator import GeneratorSettings, StationAlarmGenerator, to_json_lines
 from streams.lake import LakeWriter, read_lake
 from streams.records import RawBatch
@@ -36,6 +37,8 @@ PARTITIONS = [0, 1]
 def _cfg(tmp: Path, **runtime) -> Config:
     return load(REPO / "configs" / "demo.yaml", environ={}, overrides={
         "lake": {"path": str(tmp / "lake")},
+        # short streams of 160 keys: a key is warm after 8 events, so the first fit has 1,000 warm rows
+        "features": {"warmup_events": 8},
         "model": {"save_dir": str(tmp / "models"), "fit_on_first": 1_000, "publish_every_s": 0.001},
         "runtime": {"commit_interval_ms": 1, **runtime},
     })
@@ -86,7 +89,8 @@ class Harness:
             source=source, committer=self.committer,
             lake=LakeWriter(cfg.lake.path, time_field="event_time"),
             checkpoints=CheckpointStore(cfg.state_dir, "p0.1"),
-            holder=ModelHolder(cfg.model.save_dir, self.names), learn=self.learn, dead_dir=cfg.dead_letter_dir)
+            holder=ModelHolder(cfg.model.save_dir, self.names), learn=self.learn, dead_dir=cfg.dead_letter_dir,
+            windows_lake=windows_lake(cfg))
         return GroupRunner(cfg, PARTITIONS, parts), source
 
     def run_all(self) -> GroupRunner:
@@ -111,7 +115,8 @@ class _Remembering(MemoryCommitter):
 
 
 def _key_state(runner: GroupRunner, partition: int) -> dict[str, np.ndarray]:
-    return runner.features.state(partition)
+    """Everything partition ``partition`` checkpoints: per-key features, open windows, open incidents."""
+    return runner._state(partition)
 
 
 def test_whole_chain_scores_every_event_once_and_commits_offsets(tmp_path: Path) -> None:
@@ -167,15 +172,17 @@ def test_a_crash_at_any_point_resumes_to_the_results_of_an_uninterrupted_run(tmp
     assert len(offsets) == len(set(offsets)) == len(lake)
     for p in PARTITIONS:
         got, want = _key_state(final, p), _key_state(reference, p)
-        assert list(got["keys"]) == list(want["keys"])
-        for name in ("mean", "var", "last_t", "count"):
-            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=0, err_msg=f"partition {p} {name}")
+        assert sorted(got) == sorted(want) and any(k.startswith("w.") for k in got)
+        # features and window contents depend on the events only; anomaly counts and incidents also on which
+        # online-adapted model version scored each batch, which depends on timing
+        for name in [k for k in got if k.startswith("f.") or k in ("w.key", "w.count", "w.watermark")]:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"partition {p} {name}")
 
 
 def _state(runner: GroupRunner, p: int):
     from engine.checkpoint import PartitionState
 
-    return PartitionState(runner.done.get(p, 0) + 10**9, runner.features.state(p))  # ahead of any commit
+    return PartitionState(runner.done.get(p, 0) + 10**9, runner._state(p))  # ahead of any commit
 
 
 def test_per_partition_features_equal_one_builder_per_partition(tmp_path: Path) -> None:
@@ -186,7 +193,7 @@ def test_per_partition_features_equal_one_builder_per_partition(tmp_path: Path) 
     for p in PARTITIONS:
         fb = FeatureBuilder(h.cfg.features, h.cfg.schema)
         fb.transform(frame[frame["kafka_partition"] == p].rename(columns={"datapoint_id": "datapoint_id"}))
-        np.testing.assert_array_equal(fb.state.to_arrays()["count"], runner.features.state(p)["count"])
+        np.testing.assert_array_equal(fb.state.to_arrays()["kstate"], runner.features.state(p)["kstate"])
 
 
 def test_all_bad_input_commits_its_dead_letters_without_a_model(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def _letter(i: int, reason: Reason = Reason.INVALID_JSON, key: bytes | None = b"
 
 def test_reason_values_are_the_documented_strings() -> None:
     assert [r.value for r in Reason] == ["invalid_json", "invalid_csv", "invalid_encoding", "missing_field",
-                                         "wrong_type", "non_finite", "oversize", "bad_timestamp"]
+                                         "wrong_type", "non_finite", "oversize", "bad_timestamp", "late_event"]
 
 
 @given(st.sampled_from(list(Reason)), st.text(), st.integers(0, 2**31 - 1), st.integers(0, 2**62),

@@ -1,0 +1,326 @@
+"""The one feature layer: a decoded batch -> the model's feature matrix, with per-key state across batches.
+
+The stream, the nightly retrain and replays all build features here, so a model sees the same columns
+whichever way its rows came. Declared per pipeline in the ``features:`` section (:class:`FeaturesConfig`).
+
+What a global forest must see is *how abnormal an event is for its own key*: sensors whose levels differ by
+orders of magnitude otherwise look anomalous for their level, not for their behaviour. So every numeric field
+gets a per-key baseline, and the features are deviations from it:
+
+- ``<f>_rz``: robust z-score against the median and MAD of the key's last ``baseline.events`` values (no
+  older than ``baseline.max_age_s``); ``<f>_z``: z-score against an exponentially weighted mean/std
+  (``baseline.ewm_span`` events), the longer memory that still shows a regime after the short window would
+  have absorbed it; ``<f>_delta``: the change from the key's previous value, in baseline scales;
+  ``<f>_repeat``: how many times in a row the key repeated this exact value (a stuck sensor);
+  ``<f>_missing``: 1 when the value was absent or a sentinel and was imputed.
+- per key: ``count_w`` (its events in the last ``baseline.rate_window_s``), ``dt_s`` (time since its previous
+  event) and ``dt_ratio`` (log of that gap over the key's usual gap).
+- ``<field>_lag<j>``: a shingle, the key's previous ``shingle.size - 1`` values as robust z-scores against
+  the current baseline (NAB-style series, where the shape of the last few points is the signal).
+- optional: the ``ratio`` of two fields, cyclic time of day / day of week, hashed categoricals.
+
+``keep_levels: false`` drops the raw levels (``<f>``, ``count_w``, ``dt_s``), which are what lets a forest
+isolate a key for being unusual *among keys*.
+
+**Protection.** A value more than ``baseline.protect_z`` robust deviations from its key's baseline does not
+enter the baseline, so a sustained abnormal regime (a stuck sensor, a level shift) keeps deviating — and
+alerting — instead of being learned as normal within ``baseline.events`` events. After
+``baseline.protect_max_events`` deviant values in a row the key accepts them again: a lasting change of level
+becomes the new normal rather than alerting forever.
+
+**Missing values** (NaN, absent, or one of ``sentinels`` such as 999999) are imputed from the key's last value
+(``impute: last``) or its EWM mean (``impute: mean``), flagged in ``<f>_missing``, and never enter the
+baseline; a key with no history yet keeps NaN (the forest routes it down each split's learned side).
+
+**Warm-up.** :meth:`FeatureBuilder.compute` also says which rows come from keys whose baseline holds fewer than
+``warmup_events`` events: those rows must not alert.
+
+Deviations are compressed with ``asinh`` (≈ sign·log(2|z|) beyond 1): an isolation forest draws its split
+points uniformly between a feature's min and max, and one z of 10,000 would otherwise leave the splits no
+resolution between z = 2 and z = 20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.schema import Schema
+from training import _feature_kernel as K
+
+
+class FeatureError(ValueError):
+    """A batch does not have what the feature layer needs, or the feature settings are inconsistent."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaselineConfig(_Section):
+    """The per-key baseline every numeric field is compared with."""
+
+    #: robust median/MAD over the key's last N accepted values
+    events: int = Field(default=32, ge=4, le=4096)
+    #: ... no older than this many seconds of event time (null: any age)
+    max_age_s: float | None = Field(default=None, gt=0)
+    #: span (events) of the exponentially weighted mean/std
+    ewm_span: int = Field(default=256, gt=1)
+    #: values further than this many robust deviations stay out of the baseline ...
+    protect_z: float = Field(default=6.0, gt=0)
+    #: ... unless the key has deviated this many events in a row (then it re-baselines)
+    protect_max_events: int = Field(default=512, ge=0)
+    #: ``count_w`` counts the key's events in this many seconds (at most ``events`` of them)
+    rate_window_s: float = Field(default=60.0, gt=0)
+
+
+class ShingleConfig(_Section):
+    """The key's previous ``size - 1`` values of ``field`` as features (``size: 0`` = off)."""
+
+    field: str | None = None
+    size: int = Field(default=0, ge=0, le=64)
+
+
+class FeaturesConfig(_Section):
+    """The ``features:`` section: which features the model sees (see the module doc)."""
+
+    #: numeric fields; each gets a per-key baseline and its deviation features
+    numeric: tuple[str, ...] = ("value", "valueThreshold")
+    #: keep the raw levels beside the deviations (false: only how abnormal an event is for its key)
+    keep_levels: bool = True
+    baseline: BaselineConfig = BaselineConfig()
+    #: per key: events in the rate window, time since the previous event and its ratio to the usual gap
+    rate: bool = True
+    #: per field: change from the key's previous value, and the repeat count of identical values
+    deltas: bool = True
+    shingle: ShingleConfig = ShingleConfig()
+    #: numerator / denominator field, e.g. value / valueThreshold (null: none)
+    ratio: tuple[str, str] | None = ("value", "valueThreshold")
+    #: values that mean "no reading" (treated as missing), e.g. 999999
+    sentinels: tuple[float, ...] = ()
+    time_of_day: bool = True
+    day_of_week: bool = False
+    #: string fields hashed into this many buckets each, as one feature in [0, 1)
+    categorical: dict[str, int] = Field(default_factory=dict)
+    impute: Literal["last", "mean"] = "last"
+    #: a key raises no alert until its baseline holds this many events
+    warmup_events: int = Field(default=32, ge=0)
+
+    def shingle_field(self) -> str | None:
+        if self.shingle.size < 2:
+            return None
+        return self.shingle.field or self.numeric[0]
+
+    def check_against(self, schema: Schema) -> None:
+        """Every named field exists in ``schema`` with a usable type (raises :class:`FeatureError`)."""
+        types = {f.name: f.type for f in schema.fields}
+        wanted = list(self.numeric) + list(self.ratio or ())
+        if (sh := self.shingle_field()) is not None:
+            wanted.append(sh)
+            if sh not in self.numeric:
+                msg = f"features.shingle.field: {sh!r} must be one of features.numeric {list(self.numeric)}"
+                raise FeatureError(msg)
+        for name in wanted:
+            if name not in types:
+                msg = f"features: field {name!r} is not declared in schema.fields ({sorted(types)})"
+                raise FeatureError(msg)
+            if types[name] not in ("int", "float", "bool"):
+                msg = f"features: field {name!r} has type {types[name]!r}; features must be numeric"
+                raise FeatureError(msg)
+        for name, buckets in self.categorical.items():
+            if name not in types:
+                msg = f"features.categorical: field {name!r} is not declared in schema.fields ({sorted(types)})"
+                raise FeatureError(msg)
+            if buckets < 2:
+                msg = f"features.categorical.{name}: needs at least 2 buckets, got {buckets}"
+                raise FeatureError(msg)
+
+
+@dataclass(frozen=True)
+class Features:
+    """One batch's features: the matrix, and which rows come from keys past their warm-up."""
+
+    X: np.ndarray
+    warm: np.ndarray
+
+
+class KeyState:
+    """Per-key baselines of one input partition: arrays indexed by a key code (checkpointable, no pickle)."""
+
+    def __init__(self, n_fields: int, ring: int, shingle: int) -> None:
+        self.keys: dict[str, int] = {}
+        self.n_fields, self.ring, self.shingle = n_fields, ring, max(shingle - 1, 1)
+        self._alloc(0)
+
+    def _alloc(self, cap: int) -> None:
+        f, r = self.n_fields, self.ring
+        self.fstate = np.zeros((cap, f, K.N_FSTATE))
+        self.ring_v = np.zeros((cap, f, r))
+        self.ring_t = np.zeros((cap, f, r))
+        self.ring_s = np.zeros((cap, f, r))
+        self.kstate = np.zeros((cap, K.N_KSTATE))
+        self.tring = np.zeros((cap, r))
+        self.shring = np.zeros((cap, self.shingle))
+
+    _ARRAYS = ("fstate", "ring_v", "ring_t", "ring_s", "kstate", "tring", "shring")
+
+    def codes_for(self, keys: pd.Series) -> np.ndarray:
+        """Integer codes for ``keys``, growing the arrays (by doubling) for keys never seen before."""
+        codes, uniques = pd.factorize(keys.astype("string").fillna("<null>"), use_na_sentinel=False)
+        mapping = np.empty(len(uniques), dtype=np.int64)
+        for j, key in enumerate(uniques):
+            mapping[j] = self.keys.setdefault(str(key), len(self.keys))
+        if len(self.keys) > len(self.kstate):
+            cap = max(64, 2 * len(self.kstate), len(self.keys))
+            old = {name: getattr(self, name) for name in self._ARRAYS}
+            self._alloc(cap)
+            for name, arr in old.items():
+                getattr(self, name)[: len(arr)] = arr
+        return mapping[codes]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Checkpointable form: keys in code order, then each array cut to the keys in use."""
+        n = len(self.keys)
+        names = np.array(sorted(self.keys, key=self.keys.__getitem__), dtype=str)
+        out = {"keys": names, "shape": np.array([self.n_fields, self.ring, self.shingle])}
+        out.update({name: getattr(self, name)[:n] for name in self._ARRAYS})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> KeyState:
+        n_fields, ring, shingle = (int(v) for v in arrays["shape"])
+        state = cls(n_fields, ring, shingle + 1)
+        keys = [str(k) for k in arrays["keys"].tolist()]
+        state.keys = {k: i for i, k in enumerate(keys)}
+        state._alloc(max(len(keys), 64))
+        for name in cls._ARRAYS:
+            src = arrays[name]
+            dst = getattr(state, name)
+            if src.shape[1:] != dst.shape[1:]:
+                msg = f"features: saved state {name!r} has shape {src.shape}, expected (*, {dst.shape[1:]})"
+                raise FeatureError(msg)
+            dst[: len(src)] = src
+        return state
+
+    @property
+    def warm_keys(self) -> int:
+        return int(np.count_nonzero(self.kstate[: len(self.keys), K.K_COUNT] > 0))
+
+
+class FeatureBuilder:
+    """Turns a decoded batch into the model's feature matrix, keeping per-key state across batches.
+
+    >>> from streams.schema import STATION_ALARM
+    >>> fb = FeatureBuilder(FeaturesConfig(), STATION_ALARM)
+    >>> fb.names[:4]
+    ('value', 'value_z', 'value_rz', 'value_delta')
+    """
+
+    def __init__(self, cfg: FeaturesConfig, schema: Schema, state: KeyState | None = None) -> None:
+        cfg.check_against(schema)
+        self.cfg = cfg
+        self.schema = schema
+        self._fields = list(cfg.numeric)
+        sh = cfg.shingle_field()
+        self._sh_field = self._fields.index(sh) if sh is not None else -1
+        self._sh_size = cfg.shingle.size if sh is not None else 0
+        self.state = state or KeyState(len(self._fields), cfg.baseline.events, self._sh_size)
+        if (self.state.n_fields, self.state.ring) != (len(self._fields), cfg.baseline.events):
+            msg = (f"features: saved state has {self.state.n_fields} fields and a ring of {self.state.ring}, the "
+                   f"config {len(self._fields)} and {cfg.baseline.events}")
+            raise FeatureError(msg)
+        self.names: tuple[str, ...] = tuple(self._names())
+
+    def _names(self) -> list[str]:
+        c = self.cfg
+        names: list[str] = []
+        for f in self._fields:
+            if c.keep_levels:
+                names.append(f)
+            names += [f"{f}_z", f"{f}_rz"]
+            if c.deltas:
+                names += [f"{f}_delta", f"{f}_repeat"]
+            names.append(f"{f}_missing")
+        if c.rate:
+            names += ["count_w", "dt_s", "dt_ratio"] if c.keep_levels else ["dt_ratio"]
+        sh = c.shingle_field()
+        if sh is not None:
+            names += [f"{sh}_lag{j}" for j in range(1, self._sh_size)]
+        if c.ratio:
+            names.append(f"ratio_{c.ratio[0]}_{c.ratio[1]}")
+        if c.time_of_day:
+            names += ["tod_sin", "tod_cos"]
+        if c.day_of_week:
+            names += ["dow_sin", "dow_cos"]
+        names += [f"{name}_hash" for name in c.categorical]
+        return names
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """The (n_rows, n_features) float64 matrix for ``frame``; updates the per-key state."""
+        return self.compute(frame).X
+
+    def compute(self, frame: pd.DataFrame) -> Features:
+        """Features and warm-up flags for ``frame`` (rows in arrival order); updates the per-key state."""
+        c = self.cfg
+        time_field = self.schema.event_time.field
+        needed = set(self._fields) | set(c.ratio or ()) | {time_field} | set(c.categorical)
+        missing_cols = sorted(needed - set(frame.columns))
+        if missing_cols:
+            msg = f"features: batch lacks columns {missing_cols} (has {list(frame.columns)})"
+            raise FeatureError(msg)
+        n = len(frame)
+        seconds = frame[time_field].dt.as_unit("us").astype("int64").to_numpy() / 1e6
+        vals = np.column_stack([self._numeric(frame, f) for f in self._fields]) if self._fields else np.empty((n, 0))
+        missing = ~np.isfinite(vals)
+        keys = frame[self.schema.key] if self.schema.key else pd.Series(np.zeros(n, dtype=np.int8))
+        codes = self.state.codes_for(keys)
+        s, b = self.state, c.baseline
+        # feature-major outputs: every column the matrix is stacked from is contiguous
+        fout = np.empty((len(self._fields), K.N_FOUT, n))
+        kout = np.empty((K.N_KOUT, n))
+        shout = np.empty((max(self._sh_size - 1, 1), n))
+        K.update(codes, seconds, vals, missing, 2.0 / (b.ewm_span + 1.0), c.impute == "mean", b.protect_z,
+                 float(b.protect_max_events), float(b.max_age_s or 0.0), b.rate_window_s, float(c.warmup_events),
+                 self._sh_field, self._sh_size, s.fstate, s.ring_v, s.ring_t, s.ring_s, s.kstate, s.tring,
+                 s.shring, fout, kout, shout)
+        cols: list[np.ndarray] = []
+        for j in range(len(self._fields)):
+            if c.keep_levels:
+                cols.append(fout[j, K.O_LEVEL])
+            cols += [np.arcsinh(fout[j, K.O_Z]), np.arcsinh(fout[j, K.O_RZ])]
+            if c.deltas:
+                cols += [np.arcsinh(fout[j, K.O_DELTA]), np.log1p(fout[j, K.O_REPEAT])]
+            cols.append(fout[j, K.O_MISSING])
+        if c.rate:
+            if c.keep_levels:
+                cols += [kout[K.O_COUNT_W], kout[K.O_DT]]
+            cols.append(kout[K.O_DT_RATIO])
+        if self._sh_size > 1:
+            cols += [np.arcsinh(shout[j]) for j in range(self._sh_size - 1)]
+        if c.ratio:
+            num, den = self._numeric(frame, c.ratio[0]), self._numeric(frame, c.ratio[1])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cols.append(np.where(den != 0, num / den, np.nan))
+        if c.time_of_day:
+            phase = 2 * np.pi * (seconds % 86_400.0) / 86_400.0
+            cols += [np.sin(phase), np.cos(phase)]
+        if c.day_of_week:
+            # 1970-01-01 was a Thursday: shift so the phase starts on Monday
+            phase = 2 * np.pi * (((seconds / 86_400.0) + 3.0) % 7.0) / 7.0
+            cols += [np.sin(phase), np.cos(phase)]
+        for name, buckets in c.categorical.items():
+            hashed = pd.util.hash_array(frame[name].astype("string").fillna("").to_numpy(dtype=object))
+            cols.append((hashed % np.uint64(buckets)).astype(np.float64) / buckets)
+        X = np.column_stack(cols) if cols else np.empty((n, 0))
+        return Features(X, kout[K.O_WARM] > 0)
+
+    def _numeric(self, frame: pd.DataFrame, name: str) -> np.ndarray:
+        """A field as float64 with missing values and sentinels as NaN."""
+        x = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        if self.cfg.sentinels:
+            x = np.where(np.isin(x, np.asarray(self.cfg.sentinels, dtype=np.float64)), np.nan, x)
+        return x
