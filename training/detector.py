@@ -1,9 +1,15 @@
 """The engine-facing detector: fit -> calibrate -> score -> adapt, with versions, explanations, persistence.
 
 :meth:`Detector.score_batch` is prequential: each micro-batch is scored with the model and threshold as they
-were, then (with online adaptation on) the threshold, drift detector, recent-data window and forest learn from
-it. Rows with NaN are scored — a NaN follows each split's learned side, exactly as scikit-learn does (with no
-NaN in training: the side that got more samples) — but never enter the window new trees are grown on.
+were, then (with online adaptation on) the threshold, drift detector, recent-data window, memory and forest
+learn from it. Rows with NaN are scored — a NaN follows each split's learned side, exactly as scikit-learn does
+(with no NaN in training: the side that got more samples) — but never enter the rows new trees are grown on;
+nor do rows scored above the threshold (unless ``learn_flagged``).
+
+An alert *storm* (far more alerts than the target rate, see :mod:`training.threshold`) holds the threshold
+(protection) and is not learnt. If it lasts ``drift_confirm`` events it is a new regime: it is handled as drift,
+from the storm's own rows (kept aside meanwhile), and the threshold is recalibrated on them without protection.
+A drift the detector finds outside a storm (a shift of the mean score) is handled at once.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -77,10 +83,17 @@ class Detector:
         self.seed = int(seed)
         self.meta: dict[str, Any] = dict(meta or {})
         self.window = RecentWindow(self.online.window, forest.n_features, self.online.window_kind, seed=seed)
+        self.memory = RecentWindow(self.online.window, forest.n_features, "reservoir", seed=seed + 1)
+        # rows of the alert storm in progress (all of them, flagged too): the new regime's, if it is confirmed
+        self.storm_rows = RecentWindow(self.online.window, forest.n_features, "sliding", seed=seed)
+        self.storm_events = 0
+        self.storm_alerts = 0
         self.renewal = TreeRenewal(self.online, forest.n_trees, seed)
         self.drift = DriftDetector(h=self.online.drift_h, alert_z=self.online.drift_alert_z)
         self.events_seen = 0
         self.scorer: Scorer = CpuScorer(self.forest)
+        #: per-feature (min, max) of the rows the trees were grown from (None: scores as the forest gives them)
+        self.hull: tuple[np.ndarray, np.ndarray] | None = None
 
     def use_backend(self, backend: str) -> None:
         """Score on ``backend`` ("cpu", "cpu-parallel", "cupy", "nvforest", "nvforest-cpu" or "auto"; see
@@ -94,7 +107,7 @@ class Detector:
     @classmethod
     def fit(cls, X: np.ndarray, feature_names: Sequence[str], *, n_trees: int = 100, max_samples: int = 256,
             contamination: float = 0.01, seed: int = 0, online: OnlineSettings | None = DEFAULT_ONLINE,
-            fixed_threshold: float | None = None, builder: str = "sklearn") -> Detector:
+            fixed_threshold: float | None = None, builder: str = "sklearn", hull: bool = True) -> Detector:
         """Fit a forest on the finite rows of ``X`` and calibrate the threshold on their scores.
 
         ``builder="sklearn"`` fits scikit-learn's ``IsolationForest`` and imports it exactly; ``"numba"`` uses
@@ -123,7 +136,8 @@ class Detector:
         else:
             forest = PackedForest.fit(finite, n_trees=n_trees, max_samples=psi, seed=seed)
         settings = online if online is not None else OnlineSettings(enabled=False)
-        threshold = StreamingThreshold(contamination, fixed=fixed_threshold, half_life=settings.threshold_half_life)
+        threshold = StreamingThreshold(contamination, fixed=fixed_threshold, half_life=settings.threshold_half_life,
+                                       protect=settings.threshold_protect)
         train_scores = forest.score(finite)
         threshold.reset(train_scores)
         version = _new_version(forest)
@@ -137,6 +151,10 @@ class Detector:
         }
         det = cls(forest, names, threshold=threshold, version=version, online=online, seed=seed, meta=meta)
         det.window.add(finite.astype(np.float32))
+        det.memory.add(finite.astype(np.float32))
+        if hull:
+            det.hull = (finite.min(axis=0).astype(np.float64), finite.max(axis=0).astype(np.float64))
+            det.meta["params"]["hull"] = True
         return det
 
     @property
@@ -151,24 +169,42 @@ class Detector:
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, X: np.ndarray) -> np.ndarray:
         """Paper scores in (0, 1] (higher = more anomalous), without learning."""
-        return self.scorer.score(_as_matrix(X, self.feature_names))
+        return self._score(_as_matrix(X, self.feature_names))
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        scores = self.scorer.score(X)
+        if self.hull is None or not len(X):
+            return scores
+        return hull_extended(scores, X, *self.hull)
+
+    def _refresh_hull(self) -> None:
+        """The hull is the box of the rows the trees are grown from now: the window and the long memory."""
+        if self.hull is None:
+            return
+        parts = [r for r in (self.window.data(), self.memory.data()) if len(r)]
+        if parts:
+            rows = np.concatenate(parts)
+            self.hull = (rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64))
 
     def score_batch(self, X: np.ndarray) -> ScoredBatch:
         """Prequential step: score with the model as it is, then learn from the batch (see the module doc)."""
         X = _as_matrix(X, self.feature_names)
         n = len(X)
-        scores = self.scorer.score(X) if n else np.zeros(0)
+        scores = self._score(X) if n else np.zeros(0)
         thr = self.threshold
         flagged = scores > thr
         version = self.version
-        drift, renewed = (self._learn(X, scores, int(flagged.sum())) if n else (False, 0))
+        drift, renewed = (self._learn(X, scores, flagged) if n else (False, 0))
         return ScoredBatch(scores, np.full(n, thr), flagged, version, drift, renewed)
 
     def learn(self, X: np.ndarray, scores: np.ndarray, n_flagged: int | None = None) -> tuple[bool, int]:
         """Adapt to rows that were scored elsewhere (``scores`` by the version they were scored with).
 
         What :meth:`score_batch` does after scoring, for a coordinator that learns from the samples of many
-        scorers. Returns (drift fired, trees renewed).
+        scorers. Rows are judged flagged against this detector's threshold (what the scorers' published copy
+        had, up to the updates since) and are not learnt. ``n_flagged`` counts the alerts among these rows, for
+        the drift detector; a count larger than the rows (a scorer's whole batch behind a sample) is ignored in
+        favour of the rows' own flags. Returns (drift fired, trees renewed).
         """
         X = _as_matrix(X, self.feature_names)
         scores = np.asarray(scores, dtype=np.float64)
@@ -177,36 +213,91 @@ class Detector:
             raise ForestError(msg)
         if not len(X):
             return False, 0
-        flagged = int(np.count_nonzero(scores > self.threshold)) if n_flagged is None else int(n_flagged)
-        return self._learn(X, scores, flagged)
+        flagged = scores > self.threshold
+        alerts = None if n_flagged is None or not 0 <= n_flagged <= len(X) else int(n_flagged)
+        return self._learn(X, scores, flagged, alerts)
 
-    def _learn(self, X: np.ndarray, scores: np.ndarray, n_flagged: int) -> tuple[bool, int]:
+    def _learn(self, X: np.ndarray, scores: np.ndarray, flagged: np.ndarray,
+               alerts: int | None = None) -> tuple[bool, int]:
+        """Learn from a scored batch; ``flagged`` marks the rows above the threshold they were scored under."""
         self.events_seen += len(X)
-        if not self.online.enabled:
-            self.thresholder.update(scores)
+        n_alerts = int(np.count_nonzero(flagged)) if alerts is None else alerts
+        settings, th = self.online, self.thresholder
+        storm = th.fixed is None and th.is_storm(len(X), n_alerts)
+        self.storm_events = self.storm_events + len(X) if storm else 0
+        self.storm_alerts = self.storm_alerts + n_alerts if storm else 0
+        confirmed = storm and settings.drift_confirm > 0 and self.storm_events >= settings.drift_confirm
+        # a confirmed storm in which most rows were flagged took the traffic over: the forest, which learnt
+        # none of it, must restart from it (drift); a flagged minority (more anomalies than the contamination
+        # says, or a new minority of traffic) only needs the threshold to accept its level
+        took_over = confirmed and self.storm_alerts > self.storm_events / 2
+        if not settings.enabled:
+            if confirmed:  # a fixed forest can still accept a new regime's score level
+                self._accept_storm(scores)
+            else:
+                th.update(scores)
             return False, 0
-        drift = self.drift.update(scores, alerts=n_flagged, contamination=self.thresholder.contamination)
+        fired = self.drift.update(scores, alerts=n_alerts, contamination=th.contamination)
         X32 = X.astype(np.float32)
         finite = np.isfinite(X32).all(axis=1)
-        rows = X32 if finite.all() else X32[finite]
+        learn = finite if settings.learn_flagged else finite & ~flagged
+        # with protection, a storm is drift only once it lasted drift_confirm events; without, at once
+        protected = th.protect and th.fixed is None
+        drift = took_over or (fired and not (storm and protected))
+        if storm and protected and not confirmed:
+            self.storm_rows.add(X32[finite])
+        elif not storm and len(self.storm_rows):
+            # the storm ended before it was confirmed: a burst, not a regime; the drift statistics it fed
+            # described the burst, so they start again from normal traffic
+            self.storm_rows.clear()
+            self.drift.restart()
         if drift:
+            # the new regime's rows: the storm's (all of them, flagged too: under the old model the whole
+            # regime is flagged) or, for a drift found at once, this batch's
+            if took_over:
+                self.storm_rows.add(X32[finite])
+                rows = self.storm_rows.data().copy()
+            else:
+                rows = X32[finite]
+            self._end_storm()
             self.renewal.drifted()
-            if self.online.drift_reset_window:
+            if settings.drift_reset_window:
                 self.window.clear()
+                self.memory.clear()
         else:
-            self.thresholder.update(scores)
+            th.update(scores)
+            rows = X32 if learn.all() else X32[learn]
         self.window.add(rows)
-        renewed = self.renewal.renew(self.forest, self.window)
+        self.memory.add(rows)
+        memory = self.memory if settings.memory_fraction > 0 else None
+        renewed = self.renewal.renew(self.forest, self.window, memory, len(rows))
         if len(renewed):
             self.scorer.update(self.forest, renewed)
             self.updates += 1
+            self._refresh_hull()
         if drift:
             # the batch's scores came from the old regime's model: calibrate on the renewed model instead,
             # as fit does, so the alert rate is right from the next batch on
-            recal = self.scorer.score(rows) if len(renewed) and len(rows) else scores
-            self.thresholder.forget(self.online.threshold_forget)
-            self.thresholder.update(recal)
+            recal = self._score(rows) if len(renewed) and len(rows) else scores
+            th.forget(settings.threshold_forget)
+            th.update(recal, protect=False)
+        elif confirmed:
+            self.storm_rows.add(X32[finite])
+            kept = self.storm_rows.data()
+            self._accept_storm(self._score(kept) if len(kept) else scores)
         return drift, len(renewed)
+
+    def _accept_storm(self, scores: np.ndarray) -> None:
+        """A storm lasted ``drift_confirm`` events: its score level is the new normal for the threshold."""
+        self._end_storm()
+        self.thresholder.forget(self.online.threshold_forget)
+        self.thresholder.update(scores, protect=False)
+
+    def _end_storm(self) -> None:
+        self.storm_rows.clear()
+        self.storm_events = 0
+        self.storm_alerts = 0
+        self.drift.restart()
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Whether each row scores above the current threshold (no learning)."""
@@ -222,6 +313,10 @@ class Detector:
         arrays = {f"forest.{k}": v for k, v in self.forest.arrays().items()}
         arrays["threshold.counts"] = self.thresholder.counts
         arrays["window.rows"] = self.window.data()
+        arrays["memory.rows"] = self.memory.data()
+        arrays["storm.rows"] = self.storm_rows.data()
+        if self.hull is not None:
+            arrays["hull.lo"], arrays["hull.hi"] = self.hull
         meta = {
             **self.meta,
             "version": self.version, "base_version": self.base_version, "updates": self.updates,
@@ -231,6 +326,8 @@ class Detector:
                        "n_trees": self.forest.n_trees},
             "threshold": self.thresholder.params(), "online": self.online.to_dict(), "seed": self.seed,
             "renewal": self.renewal.state(), "events_seen": self.events_seen, "window_seen": self.window.seen,
+            "memory_seen": self.memory.seen, "memory_rng": self.memory.rng_state(), "storm_events": self.storm_events,
+            "storm_alerts": self.storm_alerts,
         }
         return save_version(path, arrays, meta)
 
@@ -254,10 +351,43 @@ class Detector:
             rows = arrays["window.rows"]
             det.window.add(rows[-det.window.rows.shape[0]:].astype(np.float32))
             det.window.seen = int(meta["window_seen"])
+            # versions saved before the memory existed: their window is the best sample of the past there is
+            mem = arrays.get("memory.rows", rows)
+            det.memory.add(mem[-det.memory.rows.shape[0]:].astype(np.float32))
+            det.memory.seen = int(meta.get("memory_seen", det.window.seen))
+            if "memory_rng" in meta:
+                det.memory.set_rng_state(meta["memory_rng"])
+            storm = arrays.get("storm.rows", rows[:0])
+            det.storm_rows.add(storm[-det.storm_rows.rows.shape[0]:].astype(np.float32))
+            det.storm_events = int(meta.get("storm_events", 0))
+            det.storm_alerts = int(meta.get("storm_alerts", 0))
+            if "hull.lo" in arrays:  # versions saved before the hull extension score as the forest gives them
+                det.hull = (arrays["hull.lo"].astype(np.float64), arrays["hull.hi"].astype(np.float64))
         except (KeyError, TypeError, ValueError) as err:
             msg = f"registry: {path} is not a complete detector version ({type(err).__name__}: {err})"
             raise RegistryError(msg) from None
         return det
+
+
+def hull_extended(scores: np.ndarray, X: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Scores of rows outside the box the trees were grown on, raised with their distance from it.
+
+    An isolation tree routes a row beyond its training range down the branch of the most extreme training
+    rows, so any row past the range scores like those extremes: a reading 30 deviations out looks no worse
+    than one 4 out. A row ``e`` box-widths outside (on its worst feature) has its path length ``h`` shortened
+    to ``h * exp(-e)``, i.e. the score ``s = 2**(-h/c)`` becomes ``s ** exp(-e)``: unchanged inside the box,
+    continuous at its edge, rising towards 1 with the distance. NaN counts as inside.
+
+    >>> hull_extended(np.array([0.6, 0.6]), np.array([[0.5], [3.0]]), np.array([0.0]), np.array([1.0])).round(3)
+    array([0.6  , 0.934])
+    """
+    width = np.maximum(hi - lo, 1e-12)
+    with np.errstate(invalid="ignore"):
+        over = np.maximum(X - hi, lo - X) / width
+    e = np.nanmax(np.where(over > 0, over, 0.0), axis=1) if X.shape[1] else np.zeros(len(X))
+    if not (e > 0).any():
+        return scores
+    return np.where(e > 0, scores ** np.exp(-e), scores)
 
 
 def _new_version(forest: PackedForest) -> str:

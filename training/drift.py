@@ -33,6 +33,10 @@ class DriftDetector:
         self.detections = 0
         self._reset()
 
+    def restart(self) -> None:
+        """Forget the running statistics (they described a regime or a burst that is over) and warm up again."""
+        self._reset()
+
     def _reset(self) -> None:
         self._n = 0
         self._mean = 0.0

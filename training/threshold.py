@@ -7,6 +7,17 @@ the model *as it is now* on the data *as it is now*: after a level shift the ale
 within a few half-lives instead of staying stuck high or silent, and :meth:`StreamingThreshold.forget` lets a
 drift detector shorten that. One update costs a ``bincount`` of the batch plus a pass over the bins (tens of
 microseconds), whatever the window.
+
+*Protection* (``protect=True``, the default): the threshold is meant to be a quantile of traffic judged normal.
+A batch with far more alerts than the target rate — more than ``contamination * n + 3`` binomial standard
+deviations ``+ 1`` — is an alert *storm*: its flagged scores enter clipped to the threshold in force, so they
+still count as "at or above the threshold" (the quantile does not fall either) but cannot pull it up, and a
+sustained abnormal regime keeps alerting instead of being learnt as normal within a few half-lives. Batches
+within that band enter unclipped, so the threshold still follows normal traffic (and its natural tail) both
+ways, and does not ratchet down as it would if every flagged score were clipped. Single rows and tiny batches
+are barely protected: one alert cannot be told from the normal tail. Accepting a storm as a new regime is the
+caller's decision (``update(..., protect=False)`` after :meth:`forget`; the detector does so after
+``drift_confirm`` events of storm).
 """
 
 from __future__ import annotations
@@ -15,6 +26,11 @@ import math
 from typing import Any
 
 import numpy as np
+
+#: binomial standard deviations of alerts over the target that make a batch a storm: at 3, a batch at the target
+#: rate is a storm about once in a thousand (harmless: it only holds the threshold for that batch), while a
+#: regime flagging twice the target rate in batches of 1,000 is one
+STORM_Z = 3.0
 
 
 class ThresholdError(ValueError):
@@ -32,7 +48,7 @@ class StreamingThreshold:
     """
 
     def __init__(self, contamination: float = 0.01, *, fixed: float | None = None, half_life: float = 50_000,
-                 bins: int = 4096) -> None:
+                 bins: int = 4096, protect: bool = True) -> None:
         if not 0.0 < contamination < 0.5:
             msg = f"threshold: contamination must be in (0, 0.5), got {contamination!r}"
             raise ThresholdError(msg)
@@ -46,17 +62,34 @@ class StreamingThreshold:
         self.fixed = None if fixed is None else float(fixed)
         self.half_life = float(half_life)
         self.counts = np.zeros(int(bins))
+        self.protect = bool(protect)
         self.value = self.fixed if self.fixed is not None else 1.0  # no alerts before any score was seen
+        self.storm = False  # the last update was an alert storm (see the module doc)
 
     @property
     def weight(self) -> float:
         """Effective number of scores the quantile rests on (decayed count)."""
         return float(self.counts.sum())
 
-    def update(self, scores: np.ndarray) -> float:
-        """Fade the old scores by the batch's length, add the batch, recompute the threshold; returns it."""
+    def is_storm(self, n: int, alerts: int) -> bool:
+        """Whether ``alerts`` flags among ``n`` rows are far beyond the target rate (see the module doc)."""
+        c = self.contamination
+        return alerts > c * n + STORM_Z * math.sqrt(n * c * (1.0 - c)) + 1.0
+
+    def update(self, scores: np.ndarray, *, protect: bool | None = None) -> float:
+        """Fade the old scores by the batch's length, add the batch, recompute the threshold; returns it.
+
+        ``scores`` are judged against the threshold in force; with protection on (``protect``, default: the
+        threshold's setting) a storm's flagged scores enter clipped to it. Sets :attr:`storm`.
+        """
         s = np.asarray(scores, dtype=np.float64)
         s = s[np.isfinite(s)]
+        self.storm = False
+        if self.fixed is None and len(s):
+            flagged = s > self.value
+            self.storm = self.is_storm(len(s), int(np.count_nonzero(flagged)))
+            if self.storm and (self.protect if protect is None else protect):
+                s = np.where(flagged, self.value, s)
         if len(s):
             self.counts *= 0.5 ** (len(s) / self.half_life)
             bins = len(self.counts)
@@ -84,7 +117,7 @@ class StreamingThreshold:
     def reset(self, scores: np.ndarray) -> float:
         """Forget everything (a new model) and start from ``scores`` (e.g. the training scores)."""
         self.counts[:] = 0.0
-        return self.update(scores)
+        return self.update(scores, protect=False)
 
     def forget(self, keep: float) -> None:
         """Scale the old scores' weight by ``keep`` in [0, 1] (drift: let new scores dominate sooner)."""
@@ -93,12 +126,13 @@ class StreamingThreshold:
     # -- persistence -------------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         return {"contamination": self.contamination, "fixed": self.fixed, "half_life": self.half_life,
-                "bins": len(self.counts), "value": self.value}
+                "bins": len(self.counts), "value": self.value, "protect": self.protect}
 
     @classmethod
     def restore(cls, params: dict[str, Any], counts: np.ndarray) -> StreamingThreshold:
+        # versions saved before protection existed load with it on, like a new threshold
         th = cls(params["contamination"], fixed=params["fixed"], half_life=params["half_life"],
-                 bins=int(params["bins"]))
+                 bins=int(params["bins"]), protect=bool(params.get("protect", True)))
         if counts.shape != th.counts.shape or not np.isfinite(counts).all() or (counts < 0).any():
             msg = f"threshold: saved histogram has shape {counts.shape} or bad values, expected {th.counts.shape}"
             raise ThresholdError(msg)

@@ -148,3 +148,88 @@ def test_scoring_backend_switch(seed: int) -> None:
     if gpu_unavailable_reason() is not None:
         with pytest.raises(BackendUnavailable, match="backend 'cupy': no"):
             det.use_backend("cupy")
+
+
+def test_save_load_round_trip_with_the_new_settings(tmp_path, seed: int) -> None:
+    X = _stream(seed)
+    settings = OnlineSettings(replace_fraction=0.1, memory_fraction=0.3, learn_flagged=True,
+                              threshold_protect=False, drift_confirm=1500, catch_up=False)
+    det = Detector.fit(X[:2000], NAMES, n_trees=20, seed=seed, online=settings)
+    det.score_batch(X[2000:3000])
+    det.score_batch(X[3000:3500] + 5.0)  # a storm in progress (not yet confirmed) travels too
+    loaded = Detector.load(det.save(tmp_path / det.version))
+    assert loaded.online == settings and loaded.thresholder.protect is False
+    np.testing.assert_array_equal(loaded.memory.data(), det.memory.data())
+    assert loaded.memory.seen == det.memory.seen and loaded.storm_events == det.storm_events
+    for lo in (3500, 4500):  # same reservoir draws, trees and threshold from here on
+        a, b = det.score_batch(X[lo:lo + 1000]), loaded.score_batch(X[lo:lo + 1000])
+        np.testing.assert_array_equal(a.score, b.score)
+        np.testing.assert_array_equal(a.threshold, b.threshold)
+        np.testing.assert_array_equal(loaded.memory.data(), det.memory.data())
+
+
+def test_a_version_saved_before_memory_and_protection_loads(tmp_path, seed: int) -> None:
+    from training.registry import load_version, save_version
+
+    X = _stream(seed)
+    det = Detector.fit(X[:2000], NAMES, n_trees=20, seed=seed, online=OnlineSettings(replace_fraction=0.1))
+    det.score_batch(X[2000:3000])
+    arrays, meta = load_version(det.save(tmp_path / "new"))
+    new_keys = ("memory_fraction", "catch_up", "learn_flagged", "threshold_protect", "drift_confirm")
+    meta["online"] = {k: v for k, v in meta["online"].items() if k not in new_keys}
+    meta["threshold"] = {k: v for k, v in meta["threshold"].items() if k != "protect"}
+    for key in ("memory_seen", "memory_rng", "storm_events", "sha256", "format"):
+        meta.pop(key, None)
+    old_arrays = {k: v for k, v in arrays.items() if k not in ("memory.rows", "storm.rows")}
+    old = Detector.load(save_version(tmp_path / "old", old_arrays, meta))
+    assert old.online == OnlineSettings(replace_fraction=0.1)  # missing settings take their defaults
+    assert old.thresholder.protect is True
+    # the old window stands in for the memory it did not have
+    np.testing.assert_array_equal(old.memory.data(), det.window.data())
+    assert old.storm_events == 0
+    np.testing.assert_array_equal(old.score(X[:300]), det.score(X[:300]))
+    old.score_batch(X[3000:4000])  # and it learns on
+
+
+def test_flagged_rows_are_not_learnt(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    det = Detector.fit(rng.normal(size=(2000, 4)), NAMES, n_trees=30, contamination=0.01, seed=seed)
+    X = rng.normal(size=(1000, 4))
+    X[:8] += 40.0  # far out: flagged, but too few for a storm
+    out = det.score_batch(X)
+    assert out.is_anomaly[:8].all() and not out.drift
+    for rows in (det.window.data(), det.memory.data()):
+        assert np.abs(rows).max() < 20.0
+    # the coordinator's path: rows scored elsewhere, judged against this threshold
+    Y = rng.normal(size=(500, 4))
+    Y[:5] += 40.0
+    det.learn(Y, det.score(Y), n_flagged=5)
+    assert np.abs(det.window.data()).max() < 20.0 and np.abs(det.memory.data()).max() < 20.0
+    keen = Detector.fit(rng.normal(size=(2000, 4)), NAMES, n_trees=30, seed=seed,
+                        online=OnlineSettings(learn_flagged=True))
+    keen.score_batch(X)
+    assert np.abs(keen.window.data()).max() > 20.0  # the setting is what keeps them out
+
+
+def test_learn_ignores_a_flag_count_of_a_larger_batch(seed: int) -> None:
+    """A scorer's sample with the alert count of its whole batch must not read as an alert storm."""
+    rng = np.random.default_rng(seed)
+    det = Detector.fit(rng.normal(size=(2000, 4)), NAMES, n_trees=30, contamination=0.01, seed=seed)
+    for _ in range(15):
+        Y = rng.normal(size=(300, 4))
+        fired, _ = det.learn(Y, det.score(Y), n_flagged=2_000)
+        assert not fired
+
+
+def test_hull_extension_ranks_a_far_outlier_above_a_near_one_and_round_trips(tmp_path) -> None:
+    """Past the fitted box a forest alone saturates; with the hull, farther scores higher, inside is unchanged."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2_000, 2))
+    det = Detector.fit(X, ["a", "b"], n_trees=50, online=None)
+    plain = Detector.fit(X, ["a", "b"], n_trees=50, online=None, hull=False)
+    probe = np.array([[0.0, 0.0], [5.0, 0.0], [50.0, 0.0]])
+    s, p = det.score(probe), plain.score(probe)
+    assert s[0] == p[0] and p[2] == pytest.approx(p[1], abs=0.02)  # the forest cannot tell 5 from 50 ...
+    assert s[2] > s[1] + 0.1  # ... the hull-extended score can
+    det.save(tmp_path / "v")
+    np.testing.assert_array_equal(Detector.load(tmp_path / "v").score(probe), s)

@@ -30,8 +30,9 @@ def test_quantile_is_accurate() -> None:
 
 @pytest.mark.parametrize("shift", [0.15, -0.15])
 def test_alert_rate_recovers_after_a_level_shift(shift: float) -> None:
+    """Without protection the threshold follows a level shift either way within a few half-lives."""
     rng = np.random.default_rng(2)
-    th = StreamingThreshold(0.02, half_life=20_000)
+    th = StreamingThreshold(0.02, half_life=20_000, protect=False)
     before = [rng.beta(8, 10, 1000) for _ in range(100)]
     after = [rng.beta(8, 10, 1000) + shift for _ in range(100)]
     assert abs(_alert_rate(th, before) - 0.02) < 0.015
@@ -47,9 +48,65 @@ def test_forget_speeds_up_following() -> None:
         th.update(rng.beta(8, 10, 50_000))
     fast.forget(0.01)
     new = rng.beta(8, 10, 2000) + 0.2
-    slow.update(new)
-    fast.update(new)
+    slow.update(new, protect=False)
+    fast.update(new, protect=False)  # what the detector does once a regime is confirmed
     assert fast.value > slow.value + 0.1
+
+
+def _regime(rng: np.random.Generator, share: float, n: int = 1000) -> np.ndarray:
+    """Normal scores with ``share`` of the rows from an abnormal regime well above the normal tail."""
+    s = rng.beta(8, 10, n)
+    k = int(share * n)
+    s[:k] = rng.normal(0.8, 0.03, k)
+    return s
+
+
+@pytest.mark.parametrize("share", [0.1, 1.0])
+def test_protection_keeps_a_sustained_regime_alerting(share: float) -> None:
+    rng = np.random.default_rng(4)
+    guarded, naive = StreamingThreshold(0.02, half_life=20_000), StreamingThreshold(0.02, half_life=20_000,
+                                                                                      protect=False)
+    for th in (guarded, naive):
+        _alert_rate(th, [rng.beta(8, 10, 1000) for _ in range(60)])
+    before = guarded.value
+    regime = [_regime(rng, share) for _ in range(150)]  # 7.5 half-lives of it
+    assert _alert_rate(guarded, regime) >= share  # still flags the whole regime ...
+    assert abs(guarded.value - before) < 2 / 4096  # ... because it was held, not pulled up or down
+    assert guarded.storm
+    assert _alert_rate(naive, regime) < share / 2  # without protection it was learnt as normal
+
+
+def test_protected_threshold_follows_normal_traffic() -> None:
+    """A gradual benign change moves the threshold both ways, and a stationary stream does not ratchet.
+
+    "Gradual": the unprotected threshold's lag keeps the alert rate inside the storm band (a change faster
+    than that is held until the detector confirms it as a new regime).
+    """
+    rng = np.random.default_rng(5)
+    guarded, naive = StreamingThreshold(0.02, half_life=5_000), StreamingThreshold(0.02, half_life=5_000,
+                                                                                    protect=False)
+    shifts = [0.0] * 200 + list(np.linspace(0.0, 0.15, 500)) + [0.15] * 50 + list(np.linspace(0.15, 0, 500))
+    rates = np.zeros((2, len(shifts)))
+    for i, shift in enumerate(shifts):
+        b = rng.beta(8, 10, 1000) + shift
+        for j, th in enumerate((guarded, naive)):
+            rates[j, i] = np.mean(b > th.value)
+            th.update(b)
+    assert abs(rates[0, 20:200].mean() - 0.02) < 0.002  # stationary: no drift of the alert rate (no ratchet)
+    for part in (slice(200, 700), slice(700, 750), slice(750, None)):  # up, at the top, back down
+        assert abs(rates[0, part].mean() - rates[1, part].mean()) < 0.003
+        assert abs(rates[0, part].mean() - 0.02) < 0.006
+    assert abs(guarded.value - naive.value) < 0.01
+
+
+def test_protection_off_for_a_fixed_threshold_and_saved() -> None:
+    th = StreamingThreshold(0.05, fixed=0.3)
+    th.update(np.full(100, 0.9))
+    assert th.value == 0.3 and not th.storm
+    guarded = StreamingThreshold(0.05, protect=False)
+    assert StreamingThreshold.restore(guarded.params(), guarded.counts).protect is False
+    old = {k: v for k, v in guarded.params().items() if k != "protect"}  # saved before protection existed
+    assert StreamingThreshold.restore(old, guarded.counts).protect is True
 
 
 def test_fixed_threshold_stays() -> None:
