@@ -84,9 +84,9 @@ class PartitionIncidents:
         out: list[IncidentRecord] = []
         if len(keys) == 0:
             return out
-        watch = flagged.copy()
-        if self.open:  # rows of keys with an open incident count towards closing it
-            watch |= pd.Series(keys).isin(list(self.open)).to_numpy()
+        # rows of keys with an incident open, or opening in this batch, count towards closing it
+        live = set(self.open) | set(keys[flagged].tolist())
+        watch = pd.Series(keys).isin(list(live)).to_numpy() if live else flagged.copy()
         for i in np.flatnonzero(watch).tolist():
             key, t = str(keys[i]), int(times_us[i])
             inc = self.open.get(key)
