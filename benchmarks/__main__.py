@@ -1,7 +1,9 @@
-"""``python -m benchmarks [--quick] [NAME ...]``: run every benchmark script, one after another.
+"""``python -m benchmarks [--quick] [NAME ...] [--out PATH] [--json]``: run benchmark scripts, one after another.
 
-Each ``benchmarks/<name>.py`` is run as ``python -m benchmarks.<name> [--quick] --out results/<name>.json``
-in its own process, so one failing benchmark does not hide the others.
+Each ``benchmarks/<name>.py`` (found by name: a new script is registered by being there) is run as
+``python -m benchmarks.<name> [--quick] --out results/<name>.json`` in its own process, so one failing
+benchmark does not hide the others. ``--out`` (one benchmark only) replaces the results path; ``--json`` is
+passed on to benchmarks that print their results JSON (``detect``).
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {discover()})")
     parser.add_argument("--quick", action="store_true", help="quick mode (minutes, smaller workloads)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="folder for the JSON results")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON of the one benchmark named")
+    parser.add_argument("--json", action="store_true", help="pass --json on: print the results JSON (detect)")
     args = parser.parse_args(argv)
     names = args.names or discover()
     unknown = sorted(set(names) - set(discover()))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {discover()}")
+    if args.out is not None and len(names) != 1:
+        parser.error(f"--out names one results file: give one benchmark, not {names}")
     failed = []
     for name in names:
-        out = args.results / f"{name}.json"
+        out = args.out or args.results / f"{name}.json"
         cmd = [sys.executable, "-m", f"benchmarks.{name}", "--out", str(out)] + (["--quick"] if args.quick else [])
+        cmd += ["--json"] if args.json else []
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.monotonic()
         rc = subprocess.call(cmd, cwd=HERE.parent)
