@@ -85,7 +85,7 @@ def engine_config(bootstrap: str, topic: str, workdir: Path, tag: str, *, delive
     base: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "input_topic": topic, "group_id": f"bench-{tag}",
                   "topics": {k: f"bench-{tag}-{k}" for k in ("scores", "alerts", "stats", "dead_letter", "metrics",
-                                                              "control")},
+                                                              "control", "incidents")},
                   "dead_letter_dir": None},
         "lake": {"path": str(workdir / tag / "lake")},
         "model": {"save_dir": str(workdir / tag / "models")},
@@ -111,7 +111,7 @@ def run_engine(cfg: Config, n: int, *, client: Client | None = None, timeout_s: 
     Stops after ``timeout_s`` of ``Runtime.run``; then raises unless ``complete`` is False.
     """
     t = cfg.kafka.topics
-    create_topics(cfg.kafka.bootstrap, {t.scores: 1, t.alerts: 1, t.stats: 1, t.dead_letter: 1})
+    create_topics(cfg.kafka.bootstrap, {t.scores: 1, t.alerts: 1, t.stats: 1, t.dead_letter: 1, t.incidents: 1})
     marks: list[Mark] = []
     holder: dict[str, Runtime] = {}
 

@@ -53,12 +53,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from benchmarks.common import finish, row
 from engine.checkpoint import CheckpointStore
 from engine.config import Config, load
-from training.features import FeatureBuilder
 from streams.broker import EmbeddedBroker, create_topics
 from streams.generator import GeneratorSettings
 from streams.kafka_sink import KafkaSink
 from streams.lake import read_lake
 from streams.replay import generated_chunks, replay
+from training.features import FeatureBuilder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

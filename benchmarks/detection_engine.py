@@ -97,7 +97,7 @@ def reference_scores(cfg: Config, stream: pd.DataFrame) -> tuple[np.ndarray, np.
         if out.dead or not (out.frame["_offset"].to_numpy() == offset[a:a + size]).all():
             msg = f"reference: batch at row {a} decoded to {len(out.frame)} rows in another order, {len(out.dead)} dead"
             raise RuntimeError(msg)
-        blocks.append(features.transform(out.frame))
+        blocks.append(features.compute(out.frame).X)
     X = np.concatenate(blocks)
     m = cfg.model
     det = Detector.fit(X[:m.fit_on_first], features.names, n_trees=m.n_trees, max_samples=m.max_samples,

@@ -132,11 +132,14 @@ class KeyedAggregates:
         where = {(int(p), int(o)): i for i, (p, o) in enumerate(zip(raw.partitions.tolist(), raw.offsets.tolist(),
                                                                     strict=True))}
         size = self.window_spec.size_s if self.window_spec is not None else 0.0
+        parts = frame["_partition"].to_numpy()
+        offsets = frame["_offset"].to_numpy()
+        times = dict(zip(rows.tolist(), frame[self.time_field].iloc[rows].astype(str).tolist(), strict=True))
         out = []
         for i in rows.tolist():
-            p, o = int(frame["_partition"].iat[i]), int(frame["_offset"].iat[i])
+            p, o = int(parts[i]), int(offsets[i])
             j = where.get((p, o))
-            detail = (f"{self.time_field} {frame[self.time_field].iat[i].isoformat()} is behind the partition's "
+            detail = (f"{self.time_field} {times[i]} is behind the partition's "
                       f"watermark: its {size:g} s window had closed")
             out.append(DeadLetter(Reason.LATE_EVENT, detail, raw.topic, p, o,
                                   raw.keys[j] if j is not None else None, raw.values[j] if j is not None else b""))

@@ -34,9 +34,9 @@ import numpy as np
 from streamz import Stream
 
 from engine import steps
+from engine.aggregate import KeyedAggregates
 from engine.checkpoint import CheckpointStore, PartitionState
 from engine.committer import Committer
-from engine.aggregate import KeyedAggregates
 from engine.config import Config
 from engine.model_holder import ModelHolder
 from engine.outputs import Scored, stats_record

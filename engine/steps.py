@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from engine.aggregate import Aggregated, KeyedAggregates
 from engine.model_holder import ModelHolder
-from engine.windows import window_alert_records, window_records
 from engine.outputs import Scored, alert_records, encode_scores_arrow, lake_frame, score_records, scores_frame
+from engine.windows import window_alert_records, window_records
 from streams.deadletter import DeadLetter
 from streams.decode import Decoder
 from streams.records import RawBatch
@@ -224,14 +224,14 @@ def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
     agg = batch.aggregated
     if agg is not None:
         if agg.windows is not None and len(agg.windows):
-            keys_w = [str(k).encode() for k in agg.windows["key"].tolist()]
+            keys_w: list[bytes | None] = [str(k).encode() for k in agg.windows["key"].tolist()]
             records.append(TopicRecords(spec.stats_topic, window_records(agg.windows, key_field=spec.key_field or "key"),
                                         keys_w))
             window_alerts = window_alert_records(agg.windows, key_field=spec.key_field or "key")
             if window_alerts:
                 records.append(TopicRecords(spec.alerts_topic, window_alerts))
         if agg.incidents:
-            records.append(TopicRecords(spec.incidents_topic, [r.to_json() for r in agg.incidents],
-                                        [r.key.encode() for r in agg.incidents]))
+            keys_i: list[bytes | None] = [r.key.encode() for r in agg.incidents]
+            records.append(TopicRecords(spec.incidents_topic, [r.to_json() for r in agg.incidents], keys_i))
     batch.lake = lake
     return batch, records

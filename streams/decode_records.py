@@ -1,7 +1,7 @@
 """The per-record decoding path: the few records the bulk parse could not take, read one by one.
 
 Records that are not JSON (or not one CSV record of the declared width), not UTF-8 or carry a value of the
-wrong type become dead letters here; the
+wrong type become dead letters here (the type rules are the bulk path's: see :mod:`streams.decode`); the
 rest are returned as a small typed table that joins the bulk-parsed rows, so validation (missing fields,
 non-finite numbers, unreadable timestamps) is the same vectorised code for both paths.
 """
@@ -72,7 +72,8 @@ def parse_one(raw: bytes, decoder: Decoder) -> tuple[Reason | None, str, dict[st
         return _parse_csv(text, decoder)
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:
+        # ValueError beyond JSONDecodeError: an integer literal over Python's 4300-digit limit raised through
         return Reason.INVALID_JSON, f"not JSON: {err}" if str(err) else "not JSON: nested too deep", None
     if not isinstance(doc, dict):
         return Reason.INVALID_JSON, f"not a JSON object but a {type(doc).__name__}", None
@@ -131,10 +132,19 @@ def _from_text(cell: str, kind: str) -> tuple[bool, Any]:
 
 
 def _coerce(v: Any, kind: str) -> tuple[bool, Any]:
-    """Whether a JSON value fits a declared type, and the value to store (ints widen to floats etc.)."""
+    """Whether a JSON value fits a declared type, and the value to store (ints widen to floats etc.).
+
+    A JSON integer in a string field is stored as its exact decimal text (the bulk path reads such fields as
+    int64 and casts, bigger ones land here); a float or a bool in a string field is a wrong type.
+
+    >>> _coerce(1161115016, "string"), _coerce(2**70, "string")[1], _coerce(1.0, "string"), _coerce(True, "string")
+    ((True, '1161115016'), '1180591620717411303424', (False, 1.0), (False, True))
+    """
     if isinstance(v, bool):  # bool is an int in Python; JSON keeps them apart
         return kind == "bool", v
     if kind == "string":
+        if isinstance(v, int):
+            return True, str(v)
         return isinstance(v, str) and _encodable(v), v
     if kind in ("float", "timestamp"):
         if isinstance(v, int):

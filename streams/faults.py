@@ -77,7 +77,7 @@ def _missing_field(doc: Doc, rng: random.Random) -> bytes:
 
 def _wrong_type(doc: Doc, rng: random.Random) -> bytes:
     bad: list[tuple[str, Any]] = [
-        ("value", str(doc["value"])), ("valueThreshold", [doc["valueThreshold"]]), ("station_id", 42),
+        ("value", str(doc["value"])), ("valueThreshold", [doc["valueThreshold"]]), ("station_id", 4.2),
         ("isActive", "yes"), ("event_time", True), ("event_time", {"ts": 1}), ("alarm_id", 7.5),
         ("value", False),
     ]

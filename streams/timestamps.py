@@ -1,5 +1,9 @@
 """Event-time parsing: ISO-8601 strings and epoch numbers (seconds or milliseconds) to UTC microseconds.
 
+Accepted text: ISO-8601 with ``T`` or a space between date and time, optional fractional seconds, and a zone
+suffix ``Z``, ``+HH:MM`` or `` UTC`` (``2017-02-18 18:28:05 UTC``, as the seed exports write it); no zone
+means UTC. Anything else is unreadable (the decoder dead-letters it as ``bad_timestamp``).
+
 Every function returns the parsed column as ``timestamp[us, UTC]`` and a boolean mask of the values that were
 present but could not be read, so the decoder can dead-letter exactly those rows.
 """
@@ -21,6 +25,8 @@ Unit = Literal["auto", "iso", "s", "ms"]
 AUTO_SECONDS_BELOW = 1e11
 # int64 microseconds end near 9.22e18; stay a little inside so float rounding cannot overflow the cast
 _MAX_US = 9.2e18
+# "2017-02-18 18:28:05 UTC": how the seed exports (BigQuery-style) write UTC
+_UTC_SUFFIX = " UTC"
 
 
 def numbers_to_ts(values: np.ndarray, unit: Unit, absent: np.ndarray | None = None) -> tuple[pa.Array, np.ndarray]:
@@ -51,16 +57,37 @@ def numbers_to_ts(values: np.ndarray, unit: Unit, absent: np.ndarray | None = No
 def strings_to_ts(col: pa.Array | pa.ChunkedArray, unit: Unit) -> tuple[pa.Array, np.ndarray]:
     """ISO-8601 strings (and epoch numbers written as text) as UTC timestamps, and the unreadable mask.
 
-    Strings without a zone are read as UTC.
+    Strings without a zone are read as UTC; a `` UTC`` suffix is the same as ``Z``.
 
-    >>> arr, bad = strings_to_ts(pa.array(["2026-11-24T00:00:00.123Z", "2026-11-24T01:00:00+01:00", "soon"]), "auto")
-    >>> [None if v is None else v.isoformat() for v in arr.to_pylist()], bad.tolist()
-    (['2026-11-24T00:00:00.123000+00:00', '2026-11-24T00:00:00+00:00', None], [False, False, True])
+    >>> arr, bad = strings_to_ts(pa.array(["2026-11-24T00:00:00.123Z", "2026-11-24T01:00:00+01:00", "soon",
+    ...                                    "2017-02-18 18:28:05 UTC"]), "auto")
+    >>> [None if v is None else v.isoformat() for v in arr.to_pylist()]
+    ['2026-11-24T00:00:00.123000+00:00', '2026-11-24T00:00:00+00:00', None, '2017-02-18T18:28:05+00:00']
+    >>> bad.tolist()
+    [False, False, True, False]
+    """
+    ts, bad, _ = parse_time_strings(col, unit)
+    return ts, bad
+
+
+def parse_time_strings(col: pa.Array | pa.ChunkedArray, unit: Unit) -> tuple[pa.Array, np.ndarray, bool]:
+    """:func:`strings_to_ts`, and whether Arrow's own ISO-8601 cast read every value unaided.
+
+    The decoder uses the flag to decide whether reading event times as text (slower) is worth trying first.
     """
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
+    plain = True
+    utc = pc.ends_with(col, _UTC_SUFFIX)
+    if pc.any(utc).as_py():
+        # Arrow reads "...Z" with a space separator, so the rewrite keeps the column on the vectorised path; the
+        # rewritten text also feeds the fallback below, so a bad neighbour cannot change how a value reads.
+        # Checked before the first cast: a failing cast costs ~40x the rewrite (20k values: ~60 ms vs ~1.5 ms)
+        plain = False
+        col = pc.if_else(utc, pc.binary_join_element_wise(pc.utf8_slice_codeunits(col, 0, -len(_UTC_SUFFIX)),
+                                                          "Z", ""), col)
     try:  # Arrow's own ISO-8601 parser: the fast, common case (every value with a zone suffix)
-        return pc.cast(col, TS_TYPE), np.zeros(len(col), dtype=bool)
+        return pc.cast(col, TS_TYPE), np.zeros(len(col), dtype=bool), plain
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     text = pd.Series(col.to_pylist(), dtype=object)
@@ -76,7 +103,7 @@ def strings_to_ts(col: pa.Array | pa.ChunkedArray, unit: Unit) -> tuple[pa.Array
         us = np.where(is_num, num_us, us)
         bad |= is_num & num_bad
     null = ~present | bad
-    return pa.array(np.where(null, 0, us), TS_TYPE, mask=null), bad
+    return pa.array(np.where(null, 0, us), TS_TYPE, mask=null), bad, False
 
 
 def values_to_ts(values: list[object], unit: Unit) -> tuple[pa.Array, np.ndarray]:

@@ -18,7 +18,6 @@ from engine.checkpoint import CheckpointStore
 from engine.committer import MemoryCommitter
 from engine.config import Config, load
 from engine.coordinator import ModelCoordinator
-from training.features import FeatureBuilder
 from engine.group import GroupParts, GroupRunner
 from engine.model_holder import ModelError, ModelHolder
 from engine.source import MemorySource
@@ -29,6 +28,7 @@ from streams.lake import LakeWriter, read_lake
 from streams.records import RawBatch
 from training.current import read_current, set_current
 from training.detector import Detector
+from training.features import FeatureBuilder
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = [0, 1]

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from streams.generator import GeneratorSettings, StationAlarmGenerator
 from streams.schema import STATION_ALARM, EventTime, FieldSpec, Schema
-from training.features import BaselineConfig, FeatureBuilder, FeatureError, FeaturesConfig, KeyState, ShingleConfig
+from training.features import (
+    BaselineConfig,
+    FeatureBuilder,
+    FeatureError,
+    FeaturesConfig,
+    KeyState,
+    ShingleConfig,
+)
 
 SCHEMA = Schema(fields=[FieldSpec(name="k", type="string"), FieldSpec(name="t", type="timestamp"),
                         FieldSpec(name="x", type="float"), FieldSpec(name="y", type="float")],

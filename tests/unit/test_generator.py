@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from streams.generator import GeneratorSettings, StationAlarmGenerator
+from streams.generator import MIN_DEVIATION_SD, GeneratorSettings, StationAlarmGenerator
 from streams.jsonl import to_json_lines
 
 
@@ -37,6 +38,30 @@ def test_labelled_anomalies_are_rare_and_unusual() -> None:
     mad = frame[frame.label == 0].groupby("datapoint_id")["value"].std()
     z = ((frame["value"] - frame["datapoint_id"].map(med)) / frame["datapoint_id"].map(mad)).abs()
     assert z[frame.label == 1].median() > 3 * z[frame.label == 0].median()
+
+
+def test_labels_mark_exactly_the_altered_events() -> None:
+    gen = StationAlarmGenerator(GeneratorSettings(seed=7, anomaly_rate=0.02))
+    frame = pd.concat([gen.next_chunk(100_000) for _ in range(3)], ignore_index=True)  # runs cross chunks
+    z = (frame["value"] - gen.normal_signal(frame["datapoint_id"], frame["event_time"])) \
+        / gen.noise_sd(frame["datapoint_id"])
+    labelled = frame["label"] == 1
+    assert 0.01 < labelled.mean() < 0.06
+    # every labelled value is abnormal for its sensor (the tolerance covers rounding to 4 decimals)
+    assert z[labelled].abs().min() >= MIN_DEVIATION_SD - 0.05
+    # unlabelled values are the normal signal plus one N(0, 1) noise draw, untouched
+    normal = z[~labelled]
+    assert normal.abs().max() < 6.0
+    assert abs(normal.mean()) < 0.02 and abs(normal.std() - 1.0) < 0.02
+    # stuck runs: one frozen value repeated by a sensor, all of it labelled
+    repeats = frame[labelled].groupby(["datapoint_id", "value"]).size()
+    assert (repeats >= 5).any()
+
+
+def test_normal_signal_rejects_unknown_sensors() -> None:
+    gen = StationAlarmGenerator(GeneratorSettings(seed=1))
+    with pytest.raises(KeyError, match="ST9999-DP99"):
+        gen.noise_sd(pd.Series(["ST9999-DP99"]))
 
 
 def test_json_lines_round_trip() -> None:

@@ -123,3 +123,23 @@ def test_a_sustained_level_shift_keeps_alerting_as_one_incident_until_it_ends(tm
     records = [json.loads(v) for v in h.committer.values(h.cfg.kafka.topics.stats)]
     assert len([r for r in records if r.get("kind") == "window"]) == len(windows) > 0
     assert windows.loc[windows["key"] == shifted, "anomalies"].sum() == closed.alerts
+
+
+def test_an_event_behind_the_watermark_is_scored_and_its_window_share_dead_lettered(tmp_path: Path) -> None:
+    batches, _ = _sensor_batches("none", (0, 0), per_key=200)
+    last = batches[-1]
+    late = json.loads(last.values[0])
+    late["event_time"] = "2026-11-24T00:00:05Z"  # three minutes behind its partition, lateness 10 s
+    batches[-1] = RawBatch(last.topic, [json.dumps(late).encode(), *last.values[1:]], last.keys, last.partitions,
+                           last.offsets, last.timestamps_ms)
+    h = Harness(tmp_path, batches)
+    h.run_all()
+    dead = [json.loads(v) for v in h.committer.values(h.cfg.kafka.topics.dead_letter)]
+    assert [(d["reason"], d["partition"], d["offset"]) for d in dead] == [
+        ("late_event", int(last.partitions[0]), int(last.offsets[0]))]
+    lake = read_lake(h.cfg.lake.path)
+    assert len(lake) == sum(len(b) for b in batches)  # the late event is still scored and kept
+    windows = read_lake(h.cfg.windows_path)
+    first = windows[windows["window_start"] == windows["window_start"].min()]
+    key = late["datapoint_id"]
+    assert int(first.loc[first["key"] == key, "count"].iloc[0]) == 60  # one event a second, the late one not in it
