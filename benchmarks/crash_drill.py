@@ -63,7 +63,7 @@ from training.features import FeatureBuilder
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIG = REPO / "configs" / "demo.yaml"
-OUTPUT_TOPICS = ("scores", "alerts", "stats", "dead_letter", "metrics", "control")
+OUTPUT_TOPICS = ("scores", "alerts", "stats", "dead_letter", "metrics", "control", "incidents")
 #: the Kafka coordinates at the end of a JSON ``scores`` record (engine/outputs.py writes them last, in order)
 _COORDS = re.compile(rb'"partition":(\d+),"offset":(\d+)\}')
 _STATE_ARRAYS = ("keys", "fstate", "ring_v", "ring_t", "ring_s", "kstate", "tring", "shring")

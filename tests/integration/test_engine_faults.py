@@ -332,7 +332,7 @@ def test_killed_worker_moves_its_partitions_and_state_survives(broker: EmbeddedB
 # -- 5. all-bad input -----------------------------------------------------------------------------------------------
 def test_all_bad_input_is_dead_lettered_committed_and_kept_under_the_lake(broker: EmbeddedBroker,
                                                                           tmp_path: Path) -> None:
-    """5,000 JSON records whose ids are integers where configs/demo.yaml declares strings: every one is a
+    """5,000 JSON records whose ids are fractional numbers where configs/demo.yaml declares strings: every one is a
     ``wrong_type`` dead letter. ``isostream run --max-events 5000 --json`` exits 0 with those counts, commits the
     offsets (a second run finds nothing new and writes no dead letter), the dead-letter topic holds 5,000, and the
     dead-letter Parquet files are under ``--lake``, not in the working directory.
@@ -343,7 +343,8 @@ def test_all_bad_input_is_dead_lettered_committed_and_kept_under_the_lake(broker
     create_topics(broker.bootstrap, {topic: 2, **{v: 1 for v in _topics(prefix).values()}})
     sink = KafkaSink({"bootstrap.servers": broker.bootstrap}, topic)
     try:
-        sink.write([json.dumps({"station_id": i, "datapoint_id": i * 10, "event_time": "2026-11-24T10:00:00Z",
+        sink.write([json.dumps({"station_id": i + 0.5, "datapoint_id": i * 10 + 0.5,
+                                "event_time": "2026-11-24T10:00:00Z",
                                 "value": 1.5, "valueThreshold": 3.0}).encode() for i in range(n)],
                    [str(i).encode() for i in range(n)])
     finally:

@@ -42,7 +42,7 @@ def _wait(cond, timeout_s: float, what: str) -> None:
 def test_control_topic_swaps_every_worker_between_batches_and_refuses_a_tampered_version(
         broker: EmbeddedBroker, tmp_path: Path) -> None:
     topic = "swap-events"
-    names = {k: f"swap-{k}" for k in ("scores", "alerts", "stats", "dead_letter", "metrics", "control")}
+    names = {k: f"swap-{k}" for k in ("scores", "alerts", "stats", "dead_letter", "metrics", "control", "incidents")}
     cfg = load(REPO / "configs" / "demo.yaml", environ={}, overrides={
         "kafka": {"bootstrap": broker.bootstrap, "input_topic": topic, "group_id": "swap", "topics": names,
                   "max_batch_messages": 1_000},
