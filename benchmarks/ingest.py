@@ -62,9 +62,13 @@ def log(msg: str) -> None:
     print(f"[ingest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_events(n: int, seed: int = 7, fmt: str = "json") -> tuple[list[bytes], list[bytes]]:
-    """``n`` JSON (or CSV) events and their keys (datapoint ids), seeded and network-free."""
-    gen = StationAlarmGenerator(GeneratorSettings(seed=seed, n_stations=200))
+def make_events(n: int, seed: int = 7, fmt: str = "json", events_per_second: float = 200.0
+                ) -> tuple[list[bytes], list[bytes]]:
+    """``n`` JSON (or CSV) events and their keys (datapoint ids), seeded and network-free.
+
+    ``events_per_second`` spaces them in event time (the generator's default: 200 events/s).
+    """
+    gen = StationAlarmGenerator(GeneratorSettings(seed=seed, n_stations=200, events_per_second=events_per_second))
     values: list[bytes] = []
     keys: list[bytes] = []
     while len(values) < n:

@@ -98,8 +98,9 @@ class KeyedAggregates:
         parts = frame["_partition"].to_numpy()
         offsets = frame["_offset"].to_numpy()
         closed: list[pd.DataFrame] = []
-        for p in np.unique(parts).tolist():
-            idx = np.flatnonzero(parts == p) if len(np.unique(parts)) > 1 else np.arange(len(frame))
+        partitions = np.unique(parts).tolist()
+        for p in partitions:
+            idx = np.flatnonzero(parts == p) if len(partitions) > 1 else np.arange(len(frame))
             if (w := self._windows(int(p))) is not None:
                 spec = self.window_spec
                 assert spec is not None
@@ -115,7 +116,7 @@ class KeyedAggregates:
                     c["kafka_offset"] = np.int64(offsets[idx].max())
                     closed.append(c)
             if (inc := self._incidents(int(p))) is not None:
-                sel = [explanations[j] for j in idx.tolist()]
+                sel = explanations if len(partitions) == 1 else [explanations[j] for j in idx.tolist()]
                 agg.incidents += inc.update(keys[idx], times[idx], is_anomaly[idx], scores[idx], sel, model_version)
         if closed:
             agg.windows = pd.concat(closed, ignore_index=True)

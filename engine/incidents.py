@@ -11,9 +11,10 @@ ids, and the open incidents are part of the partition's checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -39,25 +40,66 @@ class IncidentRecord:
     model_version: str | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> IncidentRecord:
         return cls(**json.loads(raw))
 
 
-@dataclass
-class _Open:
-    start_us: int
-    last_us: int
-    alerts: int
-    peak: float
-    top: str | None
-    quiet: int = 0
+# numba: the open/extend/close state machine is sequential per key; a Python loop over the rows of keys with
+# an incident open cost ~2 µs each, a third of the aggregate step
+@numba.njit(cache=True, nogil=True)
+def _fold(codes, times, flagged, scores, close_events, is_open, start, last, alerts, quiet, peak, peak_row,
+          ev_row, ev_code, ev_kind, ev_start, ev_last, ev_alerts, ev_peak, ev_peak_row):  # pragma: no cover
+    n_ev = 0
+    for i in range(codes.shape[0]):
+        k = codes[i]
+        t = times[i]
+        if flagged[i]:
+            if is_open[k] == 0:
+                is_open[k] = 1
+                start[k] = t
+                last[k] = t
+                alerts[k] = 1
+                quiet[k] = 0
+                peak[k] = scores[i]
+                peak_row[k] = i
+                kind = 0
+            else:
+                alerts[k] += 1
+                last[k] = max(last[k], t)
+                quiet[k] = 0
+                if scores[i] > peak[k]:
+                    peak[k] = scores[i]
+                    peak_row[k] = i
+                continue
+        elif is_open[k] == 1:
+            quiet[k] += 1
+            if quiet[k] < close_events:
+                continue
+            is_open[k] = 0
+            kind = 1
+        else:
+            continue
+        ev_row[n_ev] = i
+        ev_code[n_ev] = k
+        ev_kind[n_ev] = kind
+        ev_start[n_ev] = start[k]
+        ev_last[n_ev] = last[k]
+        ev_alerts[n_ev] = alerts[k]
+        ev_peak[n_ev] = peak[k]
+        ev_peak_row[n_ev] = peak_row[k]
+        n_ev += 1
+    return n_ev
 
 
-def _iso(us: int) -> str:
-    return pd.Timestamp(us, unit="us", tz="UTC").isoformat()
+def _iso(us: np.ndarray) -> list[str]:
+    return [s + "Z" for s in np.datetime_as_string(np.asarray(us, dtype=np.int64).astype("datetime64[us]"),
+                                                  unit="ms").tolist()]
+
+
+_INTS = ("start", "last", "alerts", "quiet")
 
 
 class PartitionIncidents:
@@ -73,76 +115,126 @@ class PartitionIncidents:
 
     def __init__(self, spec: IncidentSpec) -> None:
         self.spec = spec
-        self.open: dict[str, _Open] = {}
+        self.codes: dict[str, int] = {}
+        self.names: list[str] = []
+        self.top: list[str | None] = []  # the peak's explanation of each key's open incident
+        self._alloc(0)
         self.max_us: int | None = None
         self.opened = 0
         self.closed = 0
 
+    def _alloc(self, cap: int) -> None:
+        old = getattr(self, "state", None)
+        self.state: dict[str, np.ndarray] = {name: np.zeros(cap, np.int64) for name in (*_INTS, "is_open", "peak_row")}
+        self.state["peak"] = np.zeros(cap)
+        if old is not None:
+            for name, arr in old.items():
+                self.state[name][: len(arr)] = arr
+
+    @property
+    def open(self) -> dict[str, int]:
+        """Keys with an incident open -> their code."""
+        return {self.names[k]: k for k in np.flatnonzero(self.state["is_open"][: len(self.names)]).tolist()}
+
+    def _codes(self, keys: np.ndarray) -> np.ndarray:
+        codes, uniques = pd.factorize(keys)
+        mapping = np.empty(len(uniques), dtype=np.int64)
+        for j, key in enumerate(uniques.tolist()):
+            code = self.codes.get(str(key))
+            if code is None:
+                code = self.codes[str(key)] = len(self.names)
+                self.names.append(str(key))
+                self.top.append(None)
+            mapping[j] = code
+        if len(self.names) > len(self.state["is_open"]):
+            self._alloc(max(64, 2 * len(self.names)))
+        return mapping[codes]
+
     def update(self, keys: np.ndarray, times_us: np.ndarray, flagged: np.ndarray, scores: np.ndarray,
                explanations: list[str | None], model_version: str | None = None) -> list[IncidentRecord]:
         """Fold one batch in; returns the records of incidents opened and closed by it."""
-        out: list[IncidentRecord] = []
         if len(keys) == 0:
-            return out
-        # rows of keys with an incident open, or opening in this batch, count towards closing it
+            return []
+        flagged = np.asarray(flagged, dtype=bool)
         live = set(self.open) | set(keys[flagged].tolist())
-        watch = pd.Series(keys).isin(list(live)).to_numpy() if live else flagged.copy()
-        for i in np.flatnonzero(watch).tolist():
-            key, t = str(keys[i]), int(times_us[i])
-            inc = self.open.get(key)
-            if flagged[i]:
-                s = float(scores[i])
-                if inc is None:
-                    inc = self.open[key] = _Open(t, t, 1, s, explanations[i])
-                    self.opened += 1
-                    out.append(self._record(key, inc, "open", model_version))
-                    continue
-                inc.alerts += 1
-                inc.last_us = max(inc.last_us, t)
-                inc.quiet = 0
-                if s > inc.peak:
-                    inc.peak, inc.top = s, explanations[i]
-            elif inc is not None:
-                inc.quiet += 1
-                if inc.quiet >= self.spec.close_after_events:
-                    out.append(self._close(key, model_version))
-        newest = int(times_us.max())
+        if not live:  # nothing open and nothing alerting: the usual batch costs one pass of the mask
+            self._advance(int(np.max(times_us)))
+            return []
+        watch = pd.Series(keys).isin(list(live)).to_numpy()
+        rows = np.flatnonzero(watch)
+        codes = self._codes(keys[rows])
+        st = self.state
+        st["peak_row"][:] = -1
+        n = len(rows)
+        ev = {name: np.empty(n, np.int64) for name in ("row", "code", "kind", "start", "last", "alerts", "peak_row")}
+        ev_peak = np.empty(n)
+        n_ev = _fold(codes, np.asarray(times_us, np.int64)[rows], flagged[rows],
+                     np.asarray(scores, np.float64)[rows], self.spec.close_after_events, st["is_open"], st["start"],
+                     st["last"], st["alerts"], st["quiet"], st["peak"], st["peak_row"], ev["row"], ev["code"],
+                     ev["kind"], ev["start"], ev["last"], ev["alerts"], ev_peak, ev["peak_row"])
+        firsts, lasts = _iso(ev["start"][:n_ev]), _iso(ev["last"][:n_ev])  # one conversion for the batch
+        out = []
+        for j in range(n_ev):
+            k, pr = int(ev["code"][j]), int(ev["peak_row"][j])
+            top = explanations[int(rows[pr])] if pr >= 0 else self.top[k]
+            key = self.names[k]
+            out.append(IncidentRecord(f"{key}@{int(ev['start'][j])}", "open" if ev["kind"][j] == 0 else "closed", key,
+                                      firsts[j], lasts[j], int(ev["alerts"][j]), round(float(ev_peak[j]), 6), top,
+                                      model_version))
+        # the peaks set in this batch of incidents still open, for their records in a later batch
+        for k in np.flatnonzero((st["peak_row"] >= 0) & (st["is_open"] == 1)).tolist():
+            self.top[k] = explanations[int(rows[st["peak_row"][k]])]
+        self.opened += sum(r.status == "open" for r in out)
+        self.closed += sum(r.status == "closed" for r in out)
+        return out + self._advance(int(np.max(times_us)), model_version)
+
+    def _advance(self, newest: int, model_version: str | None = None) -> list[IncidentRecord]:
+        """Move the partition's event time on; close incidents whose last alert it left close_after_s behind."""
         self.max_us = newest if self.max_us is None else max(self.max_us, newest)
+        st = self.state
         limit = self.max_us - int(self.spec.close_after_s * 1e6)
-        for key in [k for k, inc in self.open.items() if inc.last_us < limit]:
-            out.append(self._close(key, model_version))
+        n = len(self.names)
+        stale = np.flatnonzero((st["is_open"][:n] == 1) & (st["last"][:n] < limit))
+        out = []
+        for k in stale.tolist():
+            st["is_open"][k] = 0
+            self.closed += 1
+            out.append(self._record(k, int(st["start"][k]), int(st["last"][k]), int(st["alerts"][k]),
+                                    float(st["peak"][k]), self.top[k], "closed", model_version))
         return out
 
-    def _close(self, key: str, model_version: str | None) -> IncidentRecord:
-        inc = self.open.pop(key)
-        self.closed += 1
-        return self._record(key, inc, "closed", model_version)
-
-    @staticmethod
-    def _record(key: str, inc: _Open, status: str, model_version: str | None) -> IncidentRecord:
-        return IncidentRecord(f"{key}@{inc.start_us}", status, key, _iso(inc.start_us), _iso(inc.last_us),
-                              inc.alerts, round(inc.peak, 6), inc.top, model_version)
+    def _record(self, k: int, start: int, last: int, alerts: int, peak: float, top: str | None, status: str,
+                model_version: str | None) -> IncidentRecord:
+        key = self.names[k]
+        first, end = _iso(np.array([start, last]))
+        return IncidentRecord(f"{key}@{start}", status, key, first, end, alerts, round(peak, 6), top, model_version)
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (no pickle) of the open incidents."""
-        items = list(self.open.items())
+        st = self.state
+        idx = np.flatnonzero(st["is_open"][: len(self.names)] == 1)
         return {
-            "keys": np.array([k for k, _ in items], dtype=str),
-            "ints": np.array([[o.start_us, o.last_us, o.alerts, o.quiet] for _, o in items], dtype=np.int64
-                             ).reshape(-1, 4),
-            "peak": np.array([o.peak for _, o in items], dtype=np.float64),
-            "top": np.array([o.top or "" for _, o in items], dtype=str),
+            "keys": np.array([self.names[k] for k in idx.tolist()], dtype=str),
+            "ints": np.column_stack([st[name][idx] for name in _INTS]).reshape(-1, 4).astype(np.int64),
+            "peak": st["peak"][idx].astype(np.float64),
+            "top": np.array([self.top[k] or "" for k in idx.tolist()], dtype=str),
             "meta": np.array([-1 if self.max_us is None else self.max_us, self.opened, self.closed], dtype=np.int64),
         }
 
     @classmethod
     def from_arrays(cls, spec: IncidentSpec, arrays: dict[str, Any]) -> PartitionIncidents:
         inc = cls(spec)
-        for key, ints, peak, top in zip(arrays["keys"].tolist(), arrays["ints"].tolist(), arrays["peak"].tolist(),
-                                        arrays["top"].tolist(), strict=True):
-            inc.open[str(key)] = _Open(int(ints[0]), int(ints[1]), int(ints[2]), float(peak), top or None,
-                                       int(ints[3]))
+        keys = [str(k) for k in arrays["keys"].tolist()]
+        if keys:
+            codes = inc._codes(np.array(keys, dtype=object))
+            st = inc.state
+            for j, name in enumerate(_INTS):
+                st[name][codes] = arrays["ints"][:, j]
+            st["peak"][codes] = arrays["peak"]
+            st["is_open"][codes] = 1
+            for k, top in zip(codes.tolist(), arrays["top"].tolist(), strict=True):
+                inc.top[k] = top or None
         max_us, inc.opened, inc.closed = (int(v) for v in arrays["meta"].tolist())
         inc.max_us = None if max_us < 0 else max_us
         return inc

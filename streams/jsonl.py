@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 
-def _json_column(col: pd.Series) -> np.ndarray:
+def json_values(col: pd.Series) -> np.ndarray:
     """One column as an object array of JSON value texts (vectorised; NaN/NaT become null)."""
     if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(col):
         naive = col.dt.tz_convert("UTC").dt.tz_localize(None) if col.dt.tz is not None else col
@@ -41,7 +41,7 @@ def to_json_lines(frame: pd.DataFrame) -> list[bytes]:
     line: np.ndarray | None = None
     for i, name in enumerate(frame.columns):
         prefix = ("{" if i == 0 else ",") + json.dumps(str(name)) + ":"
-        part = prefix + _json_column(frame[name])
+        part = prefix + json_values(frame[name])
         line = part if line is None else line + part
     assert line is not None
     return [s.encode() for s in (line + "}").tolist()]

@@ -80,7 +80,7 @@ def _median_mad(sv, n):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def update(codes, times, vals, missing, alpha, impute_mean, protect_z, protect_max, max_age, rate_window, warmup,
+def update(codes, times, vals, missing, alpha, impute_mean, protect_z, protect_max, max_age, rate_window, count_w, warmup,
            sh_field, sh_size, fstate, ring_v, ring_t, ring_s, kstate, tring, shring, fout, kout,
            shout):  # pragma: no cover - compiled
     n_rows, n_f = vals.shape
@@ -102,9 +102,10 @@ def update(codes, times, vals, missing, alpha, impute_mean, protect_z, protect_m
         m = int(kstate[k, K_TRING_N])
         head = int(kstate[k, K_TRING_HEAD])
         c = 0
-        for j in range(m):
-            if t - tring[k, (head - 1 - j) % tcap] <= rate_window:
-                c += 1
+        if count_w:  # only when the feature is kept: a scan of the key's last N event times
+            for j in range(m):
+                if t - tring[k, (head - 1 - j) % tcap] <= rate_window:
+                    c += 1
         kout[O_COUNT_W, i] = c
         kout[O_WARM, i] = 1.0 if count >= warmup else 0.0
         # -- per field

@@ -153,6 +153,7 @@ class KeyState:
 
     def __init__(self, n_fields: int, ring: int, shingle: int) -> None:
         self.keys: dict[str, int] = {}
+        self._index: pd.Index = pd.Index([], dtype=object)  # keys in code order, for vectorised lookups
         self.n_fields, self.ring, self.shingle = n_fields, ring, max(shingle - 1, 1)
         self._alloc(0)
 
@@ -170,10 +171,17 @@ class KeyState:
 
     def codes_for(self, keys: pd.Series) -> np.ndarray:
         """Integer codes for ``keys``, growing the arrays (by doubling) for keys never seen before."""
-        codes, uniques = pd.factorize(keys.astype("string").fillna("<null>"), use_na_sentinel=False)
-        mapping = np.empty(len(uniques), dtype=np.int64)
-        for j, key in enumerate(uniques):
-            mapping[j] = self.keys.setdefault(str(key), len(self.keys))
+        codes, uniques = pd.factorize(keys, use_na_sentinel=False)
+        names = pd.Index(uniques).astype("string").fillna("<null>").astype(object)
+        # one hash lookup of the batch's distinct keys, not a Python loop over them
+        mapping = self._index.get_indexer(names)
+        new = mapping < 0
+        if new.any():
+            fresh = [str(k) for k in names[new].tolist()]
+            for name in fresh:
+                self.keys.setdefault(name, len(self.keys))
+            self._index = pd.Index(list(self.keys), dtype=object)
+            mapping = self._index.get_indexer(names)
         if len(self.keys) > len(self.kstate):
             cap = max(64, 2 * len(self.kstate), len(self.keys))
             old = {name: getattr(self, name) for name in self._ARRAYS}
@@ -196,6 +204,7 @@ class KeyState:
         state = cls(n_fields, ring, shingle + 1)
         keys = [str(k) for k in arrays["keys"].tolist()]
         state.keys = {k: i for i, k in enumerate(keys)}
+        state._index = pd.Index(keys, dtype=object)
         state._alloc(max(len(keys), 64))
         for name in cls._ARRAYS:
             src = arrays[name]
@@ -284,7 +293,8 @@ class FeatureBuilder:
         kout = np.empty((K.N_KOUT, n))
         shout = np.empty((max(self._sh_size - 1, 1), n))
         K.update(codes, seconds, vals, missing, 2.0 / (b.ewm_span + 1.0), c.impute == "mean", b.protect_z,
-                 float(b.protect_max_events), float(b.max_age_s or 0.0), b.rate_window_s, float(c.warmup_events),
+                 float(b.protect_max_events), float(b.max_age_s or 0.0), b.rate_window_s, c.rate and c.keep_levels,
+                 float(c.warmup_events),
                  self._sh_field, self._sh_size, s.fstate, s.ring_v, s.ring_t, s.ring_s, s.kstate, s.tring,
                  s.shring, fout, kout, shout)
         cols: list[np.ndarray] = []
