@@ -13,8 +13,8 @@ import numba
 import numpy as np
 
 # per (key, field) scalar state, columns of ``fstate``
-EWM_MEAN, EWM_VAR, EWM_N, LAST, RUN, SAME, HAS_LAST, RING_HEAD, RING_N = range(9)
-N_FSTATE = 9
+EWM_MEAN, EWM_VAR, EWM_N, LAST, RUN, SAME, HAS_LAST, RING_HEAD, RING_N, RES = range(10)
+N_FSTATE = 10
 # per key scalar state, columns of ``kstate``
 K_COUNT, K_LAST_T, K_EWM_DT, K_TRING_HEAD, K_TRING_N, K_SH_HEAD, K_SH_N = range(7)
 N_KSTATE = 7
@@ -130,9 +130,12 @@ def update(codes, times, vals, missing, alpha, impute_mean, protect_z, protect_m
             else:
                 med, mad = np.nan, 0.0
             sd = np.sqrt(fs[EWM_VAR]) if fs[EWM_N] > 1 else 0.0
-            scale = _MAD_TO_SD * mad
-            if scale <= 0.0:
-                scale = sd
+            # the robust scale, but never below the key's long-run spread: a key whose normal is spiky (heavy
+            # tails, several levels) has a small MAD and would read every one of its usual spikes as extreme
+            scale = max(_MAD_TO_SD * mad, sd)
+            # never finer than the key's resolution (its smallest change seen): a quantised reading that sat
+            # still for N events and then moves one step is one step off, not a billion deviations
+            scale = max(scale, fs[RES])
             if scale <= 0.0:
                 scale = 1e-9 * abs(med) + 1e-12 if rn > 0 else 1.0
             fout[f, O_LEVEL, i] = x
@@ -171,6 +174,9 @@ def update(codes, times, vals, missing, alpha, impute_mean, protect_z, protect_m
             accept = (not deviant) or run > protect_max
             fs[RUN] = run
             fs[SAME] = same
+            if fs[HAS_LAST] > 0 and x != fs[LAST]:
+                step = abs(x - fs[LAST])
+                fs[RES] = step if fs[RES] <= 0.0 else min(fs[RES], step)
             fs[LAST] = x
             fs[HAS_LAST] = 1.0
             if f == sh_field and sh_size > 1:
@@ -188,12 +194,23 @@ def update(codes, times, vals, missing, alpha, impute_mean, protect_z, protect_m
                 ring_t[k, f, rh] = t
                 fs[RING_HEAD] = (rh + 1) % cap
                 rn += 1
-                # bias-corrected start: the running mean until the span is reached, then the EWM
-                a = max(alpha, 1.0 / (fs[EWM_N] + 1.0))
-                d = x - fs[EWM_MEAN]
-                fs[EWM_MEAN] += a * d
-                fs[EWM_VAR] = (1.0 - a) * (fs[EWM_VAR] + a * d * d)
-                fs[EWM_N] += 1.0
+            # the EWM takes isolated deviant values too, winsorised at protect_z of its own scale, so a key whose
+            # normal is spiky gets the spread it has; a deviant *run* stays out of it (as out of the ring) until
+            # protect_max, so a sustained regime keeps deviating
+            if deviant and 1 < run <= protect_max:
+                fs[RING_N] = rn
+                continue
+            if fs[EWM_N] > 1:
+                lim = protect_z * max(np.sqrt(fs[EWM_VAR]), scale)
+                xe = min(max(x, fs[EWM_MEAN] - lim), fs[EWM_MEAN] + lim)
+            else:
+                xe = x
+            # bias-corrected start: the running mean until the span is reached, then the EWM
+            a = max(alpha, 1.0 / (fs[EWM_N] + 1.0))
+            d = xe - fs[EWM_MEAN]
+            fs[EWM_MEAN] += a * d
+            fs[EWM_VAR] = (1.0 - a) * (fs[EWM_VAR] + a * d * d)
+            fs[EWM_N] += 1.0
             fs[RING_N] = rn
         # -- per key state after the event
         if count > 0:

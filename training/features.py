@@ -22,11 +22,18 @@ gets a per-key baseline, and the features are deviations from it:
 ``keep_levels: false`` drops the raw levels (``<f>``, ``count_w``, ``dt_s``), which are what lets a forest
 isolate a key for being unusual *among keys*.
 
-**Protection.** A value more than ``baseline.protect_z`` robust deviations from its key's baseline does not
-enter the baseline, so a sustained abnormal regime (a stuck sensor, a level shift) keeps deviating — and
-alerting — instead of being learned as normal within ``baseline.events`` events. After
-``baseline.protect_max_events`` deviant values in a row the key accepts them again: a lasting change of level
-becomes the new normal rather than alerting forever.
+**Protection.** A value more than ``baseline.protect_z`` robust deviations from its key's baseline is
+*deviant*. A deviant *run* stays out of the baseline (the robust window and the EWM), so a sustained abnormal
+regime (a stuck sensor, a level shift) keeps deviating — and alerting — instead of being learned as normal
+within ``baseline.events`` events; after ``baseline.protect_max_events`` deviant values in a row the key
+accepts them again (a lasting change becomes the new normal rather than alerting forever; ``0`` = no
+protection: every change is news once, then the normal). A lone deviant value does enter the EWM, winsorised
+at ``protect_z`` of its scale, so a key whose normal is spiky learns the spread it has.
+
+**Scale.** Deviations are in units of the robust scale (1.4826 x MAD), but never less than the key's EWM
+standard deviation (a spiky or multi-level key has a small MAD and would read its usual spikes as extreme) nor
+than its resolution, the smallest change it has shown (a quantised reading that sat still and then moves one
+step is one step off, not a billion deviations).
 
 **Missing values** (NaN, absent, or one of ``sentinels`` such as 999999) are imputed from the key's last value
 (``impute: last``) or its EWM mean (``impute: mean``), flagged in ``<f>_missing``, and never enter the

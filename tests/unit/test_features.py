@@ -42,7 +42,7 @@ def _reference(frame: pd.DataFrame, cfg: FeaturesConfig, fields: list[str]) -> d
         t = secs[i]
         ks = state.setdefault(key, {"count": 0, "last_t": 0.0, "ewm_dt": 0.0, "times": [], "hist": [],
                                     **{f: {"ring": [], "mean": 0.0, "var": 0.0, "n": 0, "last": None, "run": 0,
-                                           "same": 0} for f in fields}})
+                                           "same": 0, "res": 0.0} for f in fields}})
         c = ks["count"]
         dt = max(t - ks["last_t"], 0.0) if c else math.nan
         out.setdefault("dt_s", []).append(dt)
@@ -59,7 +59,7 @@ def _reference(frame: pd.DataFrame, cfg: FeaturesConfig, fields: list[str]) -> d
             med = float(np.median(ring)) if ring else math.nan
             mad = float(np.median(np.abs(np.asarray(ring) - med))) if ring else 0.0
             sd = math.sqrt(s["var"]) if s["n"] > 1 else 0.0
-            scale = 1.4826 * mad or sd or ((1e-9 * abs(med) + 1e-12) if ring else 1.0)
+            scale = max(1.4826 * mad, sd, s["res"]) or ((1e-9 * abs(med) + 1e-12) if ring else 1.0)
             fin = math.isfinite(x)
             rz = (x - med) / scale if len(ring) >= 4 and fin else 0.0
             z = (x - s["mean"]) / max(sd, scale) if s["n"] > 1 and fin else 0.0
@@ -80,16 +80,25 @@ def _reference(frame: pd.DataFrame, cfg: FeaturesConfig, fields: list[str]) -> d
                 continue
             deviant = len(ring) >= 4 and abs(rz) > b.protect_z
             s["run"] = s["run"] + 1 if deviant else 0
+            if s["last"] is not None and x != s["last"]:
+                s["res"] = abs(x - s["last"]) if s["res"] <= 0 else min(s["res"], abs(x - s["last"]))
             s["same"], s["last"] = same, x
             if f == sh:
                 ks["hist"] = (ks["hist"] + [x])[-(cfg.shingle.size - 1):]
             if not deviant or s["run"] > b.protect_max_events:
                 s["ring"] = (ring + [x])[-b.events:]
-                a = max(alpha, 1.0 / (s["n"] + 1))
-                d = x - s["mean"]
-                s["mean"] += a * d
-                s["var"] = (1 - a) * (s["var"] + a * d * d)
-                s["n"] += 1
+            if deviant and 1 < s["run"] <= b.protect_max_events:
+                continue  # a deviant run stays out of the EWM too; a lone deviant value enters it winsorised
+            if s["n"] > 1:
+                lim = b.protect_z * max(math.sqrt(s["var"]), scale)
+                xe = min(max(x, s["mean"] - lim), s["mean"] + lim)
+            else:
+                xe = x
+            a = max(alpha, 1.0 / (s["n"] + 1))
+            d = xe - s["mean"]
+            s["mean"] += a * d
+            s["var"] = (1 - a) * (s["var"] + a * d * d)
+            s["n"] += 1
         if c:
             a = max(alpha, 1.0 / c)
             ks["ewm_dt"] = dt if c == 1 else ks["ewm_dt"] + a * (dt - ks["ewm_dt"])
