@@ -47,7 +47,6 @@ class KeyedAggregates:
         self.incident_spec = IncidentSpec(i.close_after_events, i.close_after_s) if i.enabled else None
         self.windows: dict[int, PartitionWindows] = {}
         self.incidents: dict[int, PartitionIncidents] = {}
-        self.late_events = 0
 
     def _windows(self, p: int) -> PartitionWindows | None:
         if self.window_spec is None:
@@ -121,9 +120,7 @@ class KeyedAggregates:
         if closed:
             agg.windows = pd.concat(closed, ignore_index=True)
         agg.late = int(late.sum())
-        self.late_events += agg.late
         return agg, late
-
 
     def dead_letters(self, frame: pd.DataFrame, late: np.ndarray, raw: RawBatch) -> list[DeadLetter]:
         """One ``late_event`` dead letter per late row, with the record's original bytes and coordinates."""
