@@ -379,7 +379,7 @@ def hull_extended(scores: np.ndarray, X: np.ndarray, lo: np.ndarray, hi: np.ndar
     continuous at its edge, rising towards 1 with the distance. NaN counts as inside.
 
     >>> hull_extended(np.array([0.6, 0.6]), np.array([[0.5], [3.0]]), np.array([0.0]), np.array([1.0])).round(3)
-    array([0.6  , 0.934])
+    array([0.6  , 0.933])
     """
     width = np.maximum(hi - lo, 1e-12)
     with np.errstate(invalid="ignore"):
