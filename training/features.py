@@ -1,7 +1,7 @@
 """The one feature layer: a decoded batch -> the model's feature matrix, with per-key state across batches.
 
-The stream, the nightly retrain and replays all build features here, so a model sees the same columns
-whichever way its rows came. Declared per pipeline in the ``features:`` section (:class:`FeaturesConfig`).
+The stream builds its features here, and so must the nightly retrain and replays (issue 10: not built yet),
+so that a model sees the same columns whichever way its rows came; it lives in ``training/`` for that. Declared per pipeline in the ``features:`` section (:class:`FeaturesConfig`).
 
 What a global forest must see is *how abnormal an event is for its own key*: sensors whose levels differ by
 orders of magnitude otherwise look anomalous for their level, not for their behaviour. So every numeric field
