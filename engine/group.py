@@ -252,6 +252,10 @@ class GroupRunner:
         self._join_commit()
         if not iv.dirty:
             return
+        if any(b.rows for b in self.gate):
+            # batches waiting for the first model are in the feature state already but not in these offsets: a
+            # checkpoint now would restore them twice after a crash; the interval commits once they are scored
+            return
         self.done.update(iv.offsets)
         job = _CommitJob(
             lake=self.parts.lake.take_buffer(), dead=iv.dead,
