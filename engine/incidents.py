@@ -18,6 +18,8 @@ import numba
 import numpy as np
 import pandas as pd
 
+from streams.keys import key_codes
+
 
 @dataclass(frozen=True)
 class IncidentSpec:
@@ -115,8 +117,7 @@ class PartitionIncidents:
 
     def __init__(self, spec: IncidentSpec) -> None:
         self.spec = spec
-        self.codes: dict[str, int] = {}
-        self.names: list[str] = []
+        self.vocab: pd.Index = pd.Index([], dtype=object)  # the keys, in code order
         self.top: list[str | None] = []  # the peak's explanation of each key's open incident
         self._alloc(0)
         self.max_us: int | None = None
@@ -134,21 +135,14 @@ class PartitionIncidents:
     @property
     def open(self) -> dict[str, int]:
         """Keys with an incident open -> their code."""
-        return {self.names[k]: k for k in np.flatnonzero(self.state["is_open"][: len(self.names)]).tolist()}
+        return {str(self.vocab[k]): k for k in np.flatnonzero(self.state["is_open"][: len(self.vocab)]).tolist()}
 
     def _codes(self, keys: np.ndarray) -> np.ndarray:
-        codes, uniques = pd.factorize(keys)
-        mapping = np.empty(len(uniques), dtype=np.int64)
-        for j, key in enumerate(uniques.tolist()):
-            code = self.codes.get(str(key))
-            if code is None:
-                code = self.codes[str(key)] = len(self.names)
-                self.names.append(str(key))
-                self.top.append(None)
-            mapping[j] = code
-        if len(self.names) > len(self.state["is_open"]):
-            self._alloc(max(64, 2 * len(self.names)))
-        return mapping[codes]
+        codes, self.vocab = key_codes(keys, self.vocab)
+        self.top += [None] * (len(self.vocab) - len(self.top))
+        if len(self.vocab) > len(self.state["is_open"]):
+            self._alloc(max(64, 2 * len(self.vocab)))
+        return codes
 
     def update(self, keys: np.ndarray, times_us: np.ndarray, flagged: np.ndarray, scores: np.ndarray,
                explanations: list[str | None], model_version: str | None = None) -> list[IncidentRecord]:
@@ -172,15 +166,11 @@ class PartitionIncidents:
                      np.asarray(scores, np.float64)[rows], self.spec.close_after_events, st["is_open"], st["start"],
                      st["last"], st["alerts"], st["quiet"], st["peak"], st["peak_row"], ev["row"], ev["code"],
                      ev["kind"], ev["start"], ev["last"], ev["alerts"], ev_peak, ev["peak_row"])
-        firsts, lasts = _iso(ev["start"][:n_ev]), _iso(ev["last"][:n_ev])  # one conversion for the batch
-        out = []
-        for j in range(n_ev):
-            k, pr = int(ev["code"][j]), int(ev["peak_row"][j])
-            top = explanations[int(rows[pr])] if pr >= 0 else self.top[k]
-            key = self.names[k]
-            out.append(IncidentRecord(f"{key}@{int(ev['start'][j])}", "open" if ev["kind"][j] == 0 else "closed", key,
-                                      firsts[j], lasts[j], int(ev["alerts"][j]), round(float(ev_peak[j]), 6), top,
-                                      model_version))
+        tops = [explanations[int(rows[pr])] if pr >= 0 else self.top[k]
+                for k, pr in zip(ev["code"][:n_ev].tolist(), ev["peak_row"][:n_ev].tolist(), strict=True)]
+        out = self._records(ev["code"][:n_ev], ev["start"][:n_ev], ev["last"][:n_ev], ev["alerts"][:n_ev],
+                            ev_peak[:n_ev], tops, ["open" if k == 0 else "closed" for k in ev["kind"][:n_ev].tolist()],
+                            model_version)
         # the peaks set in this batch of incidents still open, for their records in a later batch
         for k in np.flatnonzero((st["peak_row"] >= 0) & (st["is_open"] == 1)).tolist():
             self.top[k] = explanations[int(rows[st["peak_row"][k]])]
@@ -193,29 +183,33 @@ class PartitionIncidents:
         self.max_us = newest if self.max_us is None else max(self.max_us, newest)
         st = self.state
         limit = self.max_us - int(self.spec.close_after_s * 1e6)
-        n = len(self.names)
+        n = len(self.vocab)
         stale = np.flatnonzero((st["is_open"][:n] == 1) & (st["last"][:n] < limit))
-        out = []
-        for k in stale.tolist():
-            st["is_open"][k] = 0
-            self.closed += 1
-            out.append(self._record(k, int(st["start"][k]), int(st["last"][k]), int(st["alerts"][k]),
-                                    float(st["peak"][k]), self.top[k], "closed", model_version))
-        return out
+        if not len(stale):
+            return []
+        st["is_open"][stale] = 0
+        self.closed += len(stale)
+        return self._records(stale, st["start"][stale], st["last"][stale], st["alerts"][stale], st["peak"][stale],
+                             [self.top[k] for k in stale.tolist()], ["closed"] * len(stale), model_version)
 
-    def _record(self, k: int, start: int, last: int, alerts: int, peak: float, top: str | None, status: str,
-                model_version: str | None) -> IncidentRecord:
-        key = self.names[k]
-        first, end = _iso(np.array([start, last]))
-        return IncidentRecord(f"{key}@{start}", status, key, first, end, alerts, round(peak, 6), top, model_version)
+    def _records(self, codes: np.ndarray, starts: np.ndarray, lasts: np.ndarray, alerts: np.ndarray,
+                 peaks: np.ndarray, tops: list[str | None], statuses: list[str],
+                 model_version: str | None) -> list[IncidentRecord]:
+        """The records of incidents opened or closed, one conversion of their times for all of them."""
+        keys = [str(k) for k in self.vocab.to_numpy()[codes].tolist()]
+        return [IncidentRecord(f"{key}@{start}", status, key, first, end, int(n), round(float(peak), 6), top,
+                               model_version)
+                for key, start, first, end, n, peak, top, status in zip(
+                    keys, starts.tolist(), _iso(starts), _iso(lasts), alerts.tolist(), peaks.tolist(), tops, statuses,
+                    strict=True)]
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (no pickle) of the open incidents."""
         st = self.state
-        idx = np.flatnonzero(st["is_open"][: len(self.names)] == 1)
+        idx = np.flatnonzero(st["is_open"][: len(self.vocab)] == 1)
         return {
-            "keys": np.array([self.names[k] for k in idx.tolist()], dtype=str),
+            "keys": self.vocab.to_numpy()[idx].astype(str),
             "ints": np.column_stack([st[name][idx] for name in _INTS]).reshape(-1, 4).astype(np.int64),
             "peak": st["peak"][idx].astype(np.float64),
             "top": np.array([self.top[k] or "" for k in idx.tolist()], dtype=str),

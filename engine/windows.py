@@ -79,10 +79,9 @@ import numpy as np
 import pandas as pd
 
 from streams.jsonl import json_values
+from streams.keys import key_codes
 
 US = 1_000_000
-#: the key a row with a missing key is windowed under (the feature step's convention)
-NULL_KEY = "<null>"
 _COUNTS = ("count", "anomalies", "alarms")
 _MOMENTS = ("n", "mean", "m2", "min", "max")
 _TIMES = ("key", "window_start", "window_end")
@@ -216,7 +215,7 @@ class PartitionWindows:
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
         self._state = _empty_state(spec)
-        self._vocab = pd.Index([], dtype=object)
+        self._vocab: pd.Index = pd.Index([], dtype=object)
         self._wm: int | None = None
 
     @property
@@ -230,21 +229,8 @@ class PartitionWindows:
         return int(np.count_nonzero(self._state["revision"] == 0))
 
     def _codes(self, keys: np.ndarray) -> np.ndarray:
-        row_codes, uniques = pd.factorize(keys, use_na_sentinel=False)
-        uniques = np.asarray(uniques, dtype=object)
-        if pd.api.types.infer_dtype(uniques, skipna=False) != "string":  # all-str keys, the usual case, as is
-            missing = pd.isna(uniques)
-            uniques = uniques.astype(str).astype(object)
-            uniques[missing] = NULL_KEY
-        # an object Index as the target: from a bare object array pandas infers a string dtype (5x slower)
-        names = pd.Index(uniques, dtype=object)
-        idx = self._vocab.get_indexer(names)
-        if (idx < 0).any():
-            # not Index.append: pandas 3 infers a string dtype there, and the lookups above get 5x slower
-            grown = np.concatenate([self._vocab.to_numpy(), pd.unique(uniques[idx < 0])])
-            self._vocab = pd.Index(grown, dtype=object)
-            idx = self._vocab.get_indexer(names)
-        return idx.astype(np.int64)[row_codes]
+        codes, self._vocab = key_codes(keys, self._vocab)
+        return codes
 
     def _check(self, n: int, values: dict[str, np.ndarray], is_anomaly: np.ndarray,
                alarm: np.ndarray | None) -> None:
@@ -272,7 +258,7 @@ class PartitionWindows:
                is_anomaly: np.ndarray, alarm: np.ndarray | None = None) -> WindowUpdate:
         """Window one batch: judge lateness, merge, advance the watermark, emit what closed.
 
-        ``keys``: the entity key per row (any hashable; missing keys count as :data:`NULL_KEY`);
+        ``keys``: the entity key per row (any hashable; missing keys count as :data:`streams.keys.NULL_KEY`);
         ``times_us``: event time, int64 µs since the epoch (UTC) or ``datetime64``; ``values``: at least the
         spec's fields as float arrays; ``alarm``: the alarm field as bools, given iff ``spec.alarm_field``.
         """

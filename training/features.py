@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from streams.keys import key_codes
 from streams.schema import Schema
 from training import _feature_kernel as K
 
@@ -159,8 +160,7 @@ class KeyState:
     """Per-key baselines of one input partition: arrays indexed by a key code (checkpointable, no pickle)."""
 
     def __init__(self, n_fields: int, ring: int, shingle: int) -> None:
-        self.keys: dict[str, int] = {}
-        self._index: pd.Index = pd.Index([], dtype=object)  # keys in code order, for vectorised lookups
+        self.index: pd.Index = pd.Index([], dtype=object)  # the keys, in code order
         self.n_fields, self.ring, self.shingle = n_fields, ring, max(shingle - 1, 1)
         self._alloc(0)
 
@@ -178,29 +178,19 @@ class KeyState:
 
     def codes_for(self, keys: pd.Series) -> np.ndarray:
         """Integer codes for ``keys``, growing the arrays (by doubling) for keys never seen before."""
-        codes, uniques = pd.factorize(keys, use_na_sentinel=False)
-        names = pd.Index(uniques).astype("string").fillna("<null>").astype(object)
-        # one hash lookup of the batch's distinct keys, not a Python loop over them
-        mapping = self._index.get_indexer(names)
-        new = mapping < 0
-        if new.any():
-            fresh = [str(k) for k in names[new].tolist()]
-            for name in fresh:
-                self.keys.setdefault(name, len(self.keys))
-            self._index = pd.Index(list(self.keys), dtype=object)
-            mapping = self._index.get_indexer(names)
-        if len(self.keys) > len(self.kstate):
-            cap = max(64, 2 * len(self.kstate), len(self.keys))
+        codes, self.index = key_codes(keys, self.index)
+        if len(self.index) > len(self.kstate):
+            cap = max(64, 2 * len(self.kstate), len(self.index))
             old = {name: getattr(self, name) for name in self._ARRAYS}
             self._alloc(cap)
             for name, arr in old.items():
                 getattr(self, name)[: len(arr)] = arr
-        return mapping[codes]
+        return codes
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Checkpointable form: keys in code order, then each array cut to the keys in use."""
-        n = len(self.keys)
-        names = np.array(sorted(self.keys, key=self.keys.__getitem__), dtype=str)
+        n = len(self.index)
+        names = self.index.to_numpy().astype(str)
         out = {"keys": names, "shape": np.array([self.n_fields, self.ring, self.shingle])}
         out.update({name: getattr(self, name)[:n] for name in self._ARRAYS})
         return out
@@ -210,8 +200,7 @@ class KeyState:
         n_fields, ring, shingle = (int(v) for v in arrays["shape"])
         state = cls(n_fields, ring, shingle + 1)
         keys = [str(k) for k in arrays["keys"].tolist()]
-        state.keys = {k: i for i, k in enumerate(keys)}
-        state._index = pd.Index(keys, dtype=object)
+        state.index = pd.Index(keys, dtype=object)
         state._alloc(max(len(keys), 64))
         for name in cls._ARRAYS:
             src = arrays[name]
@@ -222,9 +211,6 @@ class KeyState:
             dst[: len(src)] = src
         return state
 
-    @property
-    def warm_keys(self) -> int:
-        return int(np.count_nonzero(self.kstate[: len(self.keys), K.K_COUNT] > 0))
 
 
 class FeatureBuilder:

@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.windows import (
-    NULL_KEY,
     PartitionWindows,
     WindowError,
     WindowSpec,
     window_alert_records,
     window_records,
 )
+from streams.keys import NULL_KEY
 
 S = 1_000_000
 T0 = 1_700_000_040 * S  # 2023-11-14T22:14:00Z: a whole minute, so every window size used here starts on it
