@@ -38,6 +38,10 @@ class Topics(_Section):
     control: str = "control"
     #: one record when an incident opens and one when it closes (engine/incidents.py)
     incidents: str = "incidents"
+    #: late ground truth (event key or partition/offset -> label), read by the engine when labels.topic_enabled
+    labels: str = "labels"
+    #: results of reports the engine's rate trigger submitted
+    reports: str = "reports"
 
 
 class KafkaConfig(_Section):
@@ -153,6 +157,58 @@ class LakeConfig(_Section):
         return v
 
 
+class RetrainConfig(_Section):
+    #: engine: submit the retrain when the watermark passes midnight (lake.timezone); cron: leave it to a timer
+    trigger: Literal["engine", "cron"] = "engine"
+    #: rows drawn uniformly across the day's partitions to grow the new trees on
+    sample_rows: int = Field(default=65_536, gt=1)
+    #: share of the current model's trees kept (the oldest are replaced first); 0 = a new forest
+    keep_share: float = Field(default=0.5, ge=0.0, lt=1.0)
+    #: lake column with ground truth (1 = anomaly), if the events carry one
+    label_field: str | None = None
+    #: live events the candidate is shadow-scored on beside the champion before the gate decides
+    shadow_events: int = Field(default=50_000, ge=0)
+    #: ... or this many seconds, whichever comes first
+    shadow_max_s: float = Field(default=3_600.0, gt=0)
+    #: gate without labels: share of events on which candidate and champion agree (alert or not)
+    gate_min_agreement: float = Field(default=0.98, ge=0.0, le=1.0)
+    #: gate without labels: the candidate's alert rate must lie within these bounds
+    gate_alert_rate_min: float = Field(default=0.0, ge=0.0, le=1.0)
+    gate_alert_rate_max: float = Field(default=0.05, ge=0.0, le=1.0)
+    #: gate with labels: the candidate's AP (and AUC) may fall at most this far below the champion's
+    gate_max_metric_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    #: promote when the gate passes (false: register and shadow only; promote by hand)
+    auto_promote: bool = True
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    #: clients must send it as the X-API-Key header (null = no key; keep the loopback host then)
+    api_key: SecretStr | None = None
+    #: how often the server checks the registry's CURRENT pointer
+    reload_poll_s: float = Field(default=1.0, gt=0)
+    #: most events in one POST /score
+    max_batch: int = Field(default=10_000, gt=0)
+
+
+class ReportsConfig(_Section):
+    #: default grouping keys of `isostream report`
+    by: tuple[str, ...] = ("station_id",)
+    #: the bool field counted as alarms (null = windows.alarm_field)
+    alarm_field: str | None = None
+    #: when a window alert fires, submit that key's report for the period and publish it on topics.reports
+    on_trigger: bool = True
+    trigger_period: Literal["day", "week", "month"] = "day"
+
+
+class LabelsConfig(_Section):
+    #: consume kafka.topics.labels in the engine (labels can also be loaded from a file with `isostream labels`)
+    topic_enabled: bool = False
+    #: where joined labels are kept (null = <lake.path>/_labels)
+    path: Path | None = None
+
+
 class RuntimeConfig(_Section):
     #: exactly_once: one Kafka transaction per commit carries the outputs and the input offsets;
     #: at_least_once: outputs are flushed, then offsets committed (a crash may repeat topic records)
@@ -209,6 +265,10 @@ class Config(_Section):
     cluster: ClusterConfig = ClusterConfig()
     dashboard: DashboardConfig = DashboardConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    serve: ServeConfig = ServeConfig()
+    reports: ReportsConfig = ReportsConfig()
+    labels: LabelsConfig = LabelsConfig()
     #: tenants: named pipelines, each the top-level kafka/schema/features/model/lake/windows with its own
     #: overrides (input topic, output topics, lake path and registry must differ); empty = one pipeline
     pipelines: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -284,6 +344,16 @@ class Config(_Section):
         if w.slide_s is not None and (w.slide_s > w.size_s or abs(w.size_s / w.slide_s - round(w.size_s / w.slide_s)) > 1e-9):
             msg = f"windows.slide_s: {w.slide_s} must divide windows.size_s ({w.size_s})"
             raise ConfigError(msg)
+
+    @property
+    def labels_path(self) -> Path:
+        """The label store (``labels.path`` or ``<lake.path>/_labels``)."""
+        return self.labels.path if self.labels.path is not None else self.lake.path / "_labels"
+
+    @property
+    def registry(self) -> Path:
+        """The model registry folder (``model.save_dir``)."""
+        return self.model.save_dir
 
     @property
     def windows_path(self) -> Path:

@@ -123,3 +123,47 @@ def list_versions(root: str | os.PathLike[str]) -> list[Path]:
     if not r.is_dir():
         return []
     return sorted(d for d in r.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).is_file())
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A version's metadata without loading (or verifying) its arrays; :func:`load_version` verifies both."""
+    p = Path(path) / META
+    try:
+        meta = json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        msg = f"registry: cannot read {p} ({type(err).__name__}: {err})"
+        raise RegistryError(msg) from None
+    if not isinstance(meta, dict):
+        msg = f"registry: {p} is not a JSON object"
+        raise RegistryError(msg)
+    return meta
+
+
+def summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a version that ``isostream models`` and ``GET /models`` show."""
+    return {
+        "version": meta.get("version"),
+        "parent": meta.get("parent"),
+        "kind": meta.get("kind", "online" if meta.get("updates") else "fit"),
+        "saved_at": meta.get("saved_at"),
+        "data_dates": meta.get("data_dates", []),
+        "params": meta.get("params", {}),
+        "metrics": meta.get("metrics", {}),
+        "feature_names": meta.get("feature_names", []),
+        "n_trees": (meta.get("forest") or {}).get("n_trees"),
+        "threshold": (meta.get("threshold") or {}).get("value"),
+    }
+
+
+def summaries(root: str | os.PathLike[str], *, include_online: bool = True) -> list[dict[str, Any]]:
+    """:func:`summary` of every version under ``root``, oldest first; unreadable ones say why."""
+    out = []
+    for d in list_versions(root):
+        try:
+            s = summary(read_meta(d))
+        except RegistryError as err:
+            s = {"version": d.name, "error": str(err)}
+        if include_online or s.get("kind") != "online":
+            out.append(s)
+    out.sort(key=lambda s: (s.get("saved_at") or 0.0, str(s.get("version"))))
+    return out
