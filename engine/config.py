@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from streams.schema import STATION_ALARM, Schema
 from training.features import FeatureError, FeaturesConfig
+from training.retrain import RetrainConfig
 
 ENV_PREFIX = "ISOSTREAM__"
 
@@ -157,30 +158,6 @@ class LakeConfig(_Section):
         return v
 
 
-class RetrainConfig(_Section):
-    #: engine: submit the retrain when the watermark passes midnight (lake.timezone); cron: leave it to a timer
-    trigger: Literal["engine", "cron"] = "engine"
-    #: rows drawn uniformly across the day's partitions to grow the new trees on
-    sample_rows: int = Field(default=65_536, gt=1)
-    #: share of the current model's trees kept (the oldest are replaced first); 0 = a new forest
-    keep_share: float = Field(default=0.5, ge=0.0, lt=1.0)
-    #: lake column with ground truth (1 = anomaly), if the events carry one
-    label_field: str | None = None
-    #: live events the candidate is shadow-scored on beside the champion before the gate decides
-    shadow_events: int = Field(default=50_000, ge=0)
-    #: ... or this many seconds, whichever comes first
-    shadow_max_s: float = Field(default=3_600.0, gt=0)
-    #: gate without labels: share of events on which candidate and champion agree (alert or not)
-    gate_min_agreement: float = Field(default=0.98, ge=0.0, le=1.0)
-    #: gate without labels: the candidate's alert rate must lie within these bounds
-    gate_alert_rate_min: float = Field(default=0.0, ge=0.0, le=1.0)
-    gate_alert_rate_max: float = Field(default=0.05, ge=0.0, le=1.0)
-    #: gate with labels: the candidate's AP (and AUC) may fall at most this far below the champion's
-    gate_max_metric_drop: float = Field(default=0.02, ge=0.0, le=1.0)
-    #: promote when the gate passes (false: register and shadow only; promote by hand)
-    auto_promote: bool = True
-
-
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, gt=0, lt=65536)
@@ -232,6 +209,8 @@ class RuntimeConfig(_Section):
     metrics_port: int | None = Field(default=None, ge=0, lt=65536)
     #: how often each partition group reports progress and metrics to the driver
     report_every_s: float = Field(default=1.0, gt=0)
+    #: when the run stops, wait this long for a nightly retrain in progress before leaving it unfinished
+    retrain_wait_s: float = Field(default=120.0, ge=0)
 
 
 class ClusterConfig(_Section):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import ModelConfig
-from training.current import read_current, set_current
+from training.current import PointerMoved, read_current, set_current
 from training.detector import Detector
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,14 @@ class ModelCoordinator:
             self.master.updates += 1
         version = self.master.version
         self.master.save(self.registry / version)
-        set_current(self.registry, version, reason=reason)
+        try:
+            # an operator or the retrain may have promoted another version since we last looked: theirs wins
+            set_current(self.registry, version, reason=reason, expected=self._published_as)
+        except PointerMoved:
+            shutil.rmtree(self.registry / version, ignore_errors=True)
+            adopted = self.follow_pointer()
+            log.info("coordinator: CURRENT moved to %s before publishing %s; learning on from it", adopted, version)
+            return adopted or version
         self._published_as = self.status.version = version
         self.status.published += 1
         self._last_publish = time.monotonic()

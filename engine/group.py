@@ -101,6 +101,7 @@ class _CommitJob:
     offsets: dict[int, int]
     kafka_ts: list[np.ndarray]
     model_version: str | None
+    watermark_ms: float | None = None
 
 
 class GroupRunner:
@@ -168,6 +169,8 @@ class GroupRunner:
             self.metrics.anomalies += int(np.count_nonzero(batch.is_anomaly))
             if batch.warm is not None:
                 self.metrics.warmup_events += int(batch.rows - np.count_nonzero(batch.warm))
+            if batch.shadow is not None:
+                self.metrics.add_shadow(*batch.shadow)
         agg = batch.aggregated
         if agg is not None:
             if agg.windows is not None and len(agg.windows):
@@ -261,7 +264,8 @@ class GroupRunner:
             lake=self.parts.lake.take_buffer(), dead=iv.dead,
             windows=self.parts.windows_lake.take_buffer() if self.parts.windows_lake is not None else {},
             states={p: PartitionState(self.done[p], self._state(p)) for p in self.partitions},
-            records=iv.records, offsets=dict(self.done), kafka_ts=iv.kafka_ts, model_version=self.parts.holder.version)
+            records=iv.records, offsets=dict(self.done), kafka_ts=iv.kafka_ts, model_version=self.parts.holder.version,
+            watermark_ms=self._watermark_ms())
         self.interval = _Interval()
         self._last_commit = time.monotonic()
         if wait:
@@ -300,6 +304,8 @@ class GroupRunner:
         self.parts.checkpoints.save(job.states, {"model_version": job.model_version})
         self.parts.committer.commit(job.offsets, job.records)
         self.committed_offsets = job.offsets
+        if job.watermark_ms is not None:  # every row before it is in a listed lake file now
+            self.metrics.committed_watermark_ms = job.watermark_ms
         if job.kafka_ts:
             ts = np.concatenate(job.kafka_ts)
             self.metrics.observe_committed(ts[ts > 0])
@@ -327,11 +333,14 @@ class GroupRunner:
             except Exception:  # noqa: BLE001 - lag is informative; never stop the stream for it
                 pass
         self.metrics.waiting_for_model = len(self.gate) > 0 and self.parts.holder.current is None
-        marks = [w for w in self.aggregates.watermarks().values() if w is not None]
-        self.metrics.watermark_ms = min(marks) / 1000.0 if marks else None
+        self.metrics.watermark_ms = self._watermark_ms()
         # the version the group scores with now (swapped between batches), even while no event arrives
         self.metrics.model_version = self.parts.holder.version or self.metrics.model_version
         self.parts.report(self.snapshot())
+
+    def _watermark_ms(self) -> float | None:
+        marks = [w for w in self.aggregates.watermarks().values() if w is not None]
+        return min(marks) / 1000.0 if marks else None
 
     def snapshot(self) -> dict[str, Any]:
         """The metrics plus the committed offsets per partition and where this run of the group began."""

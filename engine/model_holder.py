@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from training.current import pointer_path, read_current
+from training.current import SHADOW, pointer_path, read_current, read_shadow
 from training.detector import Detector
 from training.forest import ForestError
 from training.registry import RegistryError
@@ -36,6 +36,9 @@ class ModelHolder:
         self.last_error: str | None = None
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the pointer last read
         self._refused_version: str | None = None
+        #: a candidate scored beside the current model (its scores reach no output), while SHADOW names it
+        self.shadow: Detector | None = None
+        self._shadow_seen: tuple[int, int, int] | None = None
 
     @property
     def version(self) -> str | None:
@@ -53,7 +56,11 @@ class ModelHolder:
         self.swaps += 1
 
     def refresh(self) -> bool:
-        """Swap to the pointer's version if it moved; True when the model changed. Never raises for a bad one."""
+        """Swap to the pointer's version if it moved; True when the model changed. Never raises for a bad one.
+
+        Also follows ``<registry>/SHADOW``: the candidate it names is loaded (or dropped when it goes).
+        """
+        self._refresh_shadow()
         try:
             st = pointer_path(self.registry).stat()
         except FileNotFoundError:
@@ -76,3 +83,31 @@ class ModelHolder:
             return False
         log.info("swapped to model %s", version)
         return True
+
+    def _refresh_shadow(self) -> None:
+        try:
+            st = (self.registry / SHADOW).stat()
+        except FileNotFoundError:
+            self.shadow, self._shadow_seen = None, None
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._shadow_seen:
+            return
+        self._shadow_seen = stamp
+        doc = read_shadow(self.registry)
+        if doc is None:
+            self.shadow = None
+            return
+        try:
+            det = Detector.load(self.registry / doc["version"])
+            if tuple(det.feature_names) != self.feature_names:
+                msg = f"features {list(det.feature_names)} differ from the pipeline's {list(self.feature_names)}"
+                raise ModelError(msg)
+        except (RegistryError, ForestError, ModelError, OSError) as err:
+            self.shadow = None
+            self.last_error = f"shadow model {doc['version']} refused: {err}"
+            log.error("%s", self.last_error)
+            return
+        det.use_backend("cpu")
+        self.shadow = det
+        log.info("shadow-scoring %s beside %s", det.version, self.version)

@@ -31,12 +31,13 @@ from distributed import Client, Event, Future, Queue
 from engine.config import Config
 from engine.coordinator import ModelCoordinator
 from engine.group import group_name
+from engine.nightly import EndOfDay, ShadowJudge
 from engine.steps import PartitionFeatures
 from engine.task import PROGRESS_TOPIC, GroupSpec, run_group_task
 from engine.telemetry import GroupMetrics, MetricsHub, metrics_record
 from streams.broker import create_topics
 from streams.kafka_sink import KafkaSink
-from training.current import set_current
+from training.current import read_current, set_current
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class RunReport:
     restarts: int = 0
     takeovers: list[dict[str, Any]] = field(default_factory=list)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per pipeline: lake days closed, nightly retrain results, shadow decisions
+    nightly: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def model_version(self) -> str | None:
@@ -99,6 +102,8 @@ class _Pipeline:
     coordinator: ModelCoordinator
     queue: Queue
     groups: list[_Group] = field(default_factory=list)
+    end_of_day: EndOfDay | None = None
+    judge: ShadowJudge | None = None
 
 
 class Runtime:
@@ -261,6 +266,19 @@ class Runtime:
             pipe.coordinator.follow_pointer()
             if pipe.coordinator.tick() is not None:
                 log.info("pipeline %s: published model %s", pipe.name, pipe.coordinator.status.version)
+            self._nightly(pipe)
+
+    def _nightly(self, pipe: _Pipeline) -> None:
+        """Close lake days behind the committed watermark (retrain them) and end shadow periods."""
+        if pipe.end_of_day is None:
+            pipe.end_of_day, pipe.judge = EndOfDay(pipe.cfg, self.client), ShadowJudge(pipe.cfg)
+        assert pipe.judge is not None
+        totals = self.hub.totals(pipe.name)
+        try:
+            pipe.end_of_day.observe(totals.get("committed_watermark_ms"))
+            pipe.judge.check(totals.get("shadow") or {})
+        except Exception as err:  # noqa: BLE001 - the stream goes on; the next tick tries again
+            log.error("pipeline %s: nightly duties: %s", pipe.name, err)
 
     def _collect(self) -> None:
         """Fold the groups' latest progress into the hub and the report.
@@ -309,6 +327,13 @@ class Runtime:
         r.dead_letters, r.anomalies = int(totals["dead_letters"]), int(totals["anomalies"])
         r.commits = int(totals["commits"])
         r.model_versions = {name: p.coordinator.status.version for name, p in self.pipelines.items()}
+        self._nightly_report()
+
+    def _nightly_report(self) -> None:
+        self.report.nightly = {
+            name: {"closed_days": list(p.end_of_day.closed), "retrains": list(p.end_of_day.results),
+                   "shadow_decisions": list(p.judge.decisions) if p.judge else []}
+            for name, p in self.pipelines.items() if p.end_of_day is not None}
 
     # -- control topic and metrics ---------------------------------------------------------------------------------
     def _control_loop(self, done: threading.Event) -> None:
@@ -346,8 +371,11 @@ class Runtime:
             text = f"control: unknown action {action!r} (known: swap)"
             log.error(text)
             return text
+        current = read_current(pipe.cfg.model.save_dir)
+        if current is not None and current["version"] == version:  # the promote command moved it already
+            return f"control: pipeline {pipeline} already on {version}"
         try:
-            set_current(pipe.cfg.model.save_dir, version, reason="control topic")
+            set_current(pipe.cfg.model.save_dir, version, reason="control topic", action="control")
         except FileNotFoundError as err:
             log.error("control: %s", err)
             return str(err)
@@ -417,10 +445,14 @@ class Runtime:
             control_done.set()
             control.join(timeout=5)
             self._shutdown()
+        self._nightly_report()  # retrains that finished while the run wound down
         self.report.seconds = time.monotonic() - t0
         return self.report
 
     def _shutdown(self) -> None:
+        for pipe in self.pipelines.values():
+            if pipe.end_of_day is not None:
+                pipe.end_of_day.close(timeout_s=self.cfg.runtime.retrain_wait_s)
         for pipe in self.pipelines.values():
             for g in pipe.groups:
                 if g.future is not None and not g.finished:

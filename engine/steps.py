@@ -48,6 +48,8 @@ class Batch:
     lake: pd.DataFrame | None = None
     #: what the aggregate step added: closed windows and incident records
     aggregated: Aggregated | None = None
+    #: (shadow candidate version, [warm events, agree, candidate alerts, champion alerts]) when one is shadowed
+    shadow: tuple[str, list[int]] | None = None
     #: when the batch entered the chain (monotonic seconds): its stats record's batch latency counts from here
     arrived: float = field(default_factory=time.monotonic)
 
@@ -143,6 +145,13 @@ def score(batch: Batch, holder: ModelHolder) -> Batch:
         flagged &= batch.warm  # a key whose baseline is still filling cannot tell abnormal from new
     batch.score, batch.threshold, batch.is_anomaly = s, np.full(n, thr), flagged
     batch.model_version = det.version
+    cand = holder.shadow
+    if cand is not None:
+        # the candidate's judgement is only counted, never written: its scores reach no alert
+        warm = batch.warm if batch.warm is not None else np.ones(n, dtype=bool)
+        theirs = (cand.score(batch.X) > cand.threshold) & warm
+        batch.shadow = (cand.version, [int(warm.sum()), int(warm.sum() - (theirs ^ flagged).sum()),
+                                       int(theirs.sum()), int(flagged.sum())])
     batch.explanations = explain(det, batch.X, flagged, holder.feature_names)
     return batch
 

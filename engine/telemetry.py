@@ -29,6 +29,10 @@ A ``metrics`` record (one JSON object per group and report) has these keys:
 ``restored_partitions``  partitions whose state came back from a checkpoint when the group started
 ``waiting_for_model``    true while events wait for a first model
 ``watermark_ms``         the group's event-time watermark (min over its partitions; merged: the min), or null
+``committed_watermark_ms`` the watermark as of the group's last completed commit (every row before it is in
+                         the lake); the engine closes a lake day when this passes its midnight
+``shadow``               per shadow candidate version: ``[events, agree, candidate_alerts, champion_alerts]``
+                         over warm events scored beside the champion
 ``latency_ms``           :meth:`LatencyHistogram.to_dict`: Kafka message timestamp -> outputs committed, in ms
 =======================  =====================================================================================
 
@@ -47,7 +51,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -216,7 +220,15 @@ class GroupMetrics:
     waiting_for_model: bool = False
     #: event-time watermark in epoch ms (the min over the group's partitions), None before any event
     watermark_ms: float | None = None
+    committed_watermark_ms: float | None = None
+    #: shadow candidate version -> [events, agree, candidate alerts, champion alerts]
+    shadow: dict[str, list[int]] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def add_shadow(self, version: str, counts: Sequence[int]) -> None:
+        have = self.shadow.setdefault(str(version), [0, 0, 0, 0])
+        for i, n in enumerate(counts):
+            have[i] += int(n)
 
     def add(self, **counts: int) -> None:
         """Add to the counters by name: ``add(records_in=500, events_scored=498)``."""
@@ -249,6 +261,11 @@ class GroupMetrics:
         out.waiting_for_model = self.waiting_for_model or other.waiting_for_model
         marks = [w for w in (self.watermark_ms, other.watermark_ms) if w is not None]
         out.watermark_ms = min(marks) if marks else None  # the engine's watermark: the slowest partition's
+        marks = [w for w in (self.committed_watermark_ms, other.committed_watermark_ms) if w is not None]
+        out.committed_watermark_ms = min(marks) if marks else None
+        for src in (self.shadow, other.shadow):
+            for version, counts in src.items():
+                out.add_shadow(version, counts)
         versions = {v for v in (self.model_version, other.model_version) if v is not None}
         out.model_version = versions.pop() if len(versions) == 1 else None
         out.latency = self.latency.merge(other.latency)
@@ -269,6 +286,8 @@ class GroupMetrics:
             "restored_partitions": int(self.restored_partitions),
             "waiting_for_model": bool(self.waiting_for_model),
             "watermark_ms": self.watermark_ms,
+            "committed_watermark_ms": self.committed_watermark_ms,
+            "shadow": {k: [int(x) for x in v] for k, v in self.shadow.items()},
             "latency_ms": self.latency.to_dict(),
         }
 
@@ -297,6 +316,10 @@ class GroupMetrics:
             out.waiting_for_model = bool(snap.get("waiting_for_model", False))
             mark = snap.get("watermark_ms")
             out.watermark_ms = None if mark is None else float(mark)
+            mark = snap.get("committed_watermark_ms")
+            out.committed_watermark_ms = None if mark is None else float(mark)
+            for version, counts in dict(snap.get("shadow") or {}).items():
+                out.add_shadow(str(version), [int(x) for x in counts])
         except (TypeError, ValueError) as exc:
             msg = f"GroupMetrics.from_snapshot: a field of {snap.get('group')!r} has the wrong type: {exc}"
             raise TelemetryError(msg) from exc

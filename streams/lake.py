@@ -357,12 +357,14 @@ class LakeWriter:
             if doc is None:
                 entries = {n: _entry_from_disk(day, n) for n in _parts_on_disk(day)}
                 closed = False
+                carried = {}
             else:
                 if doc.get("tz") != self.tz:
                     msg = f"lake: {day} was written with tz {doc.get('tz')!r}; this writer uses {self.tz!r}"
                     raise LakeError(msg)
                 entries = {str(e["name"]): _Entry(**e) for e in doc["files"]}
                 closed = bool(doc.get("closed", False))
+                carried = {k: doc[k] for k in ("closed_at", "rows_at_close") if k in doc}
             before = dict(entries)
             yield entries
             if doc is None or entries != before:
@@ -373,6 +375,7 @@ class LakeWriter:
                     "files": [asdict(e) for e in files],
                     "rows": sum(e.rows for e in files),
                     "closed": closed,
+                    **carried,
                     "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 }
                 atomic_write_bytes(day / MANIFEST, json.dumps(new, indent=1).encode() + b"\n")
@@ -543,3 +546,25 @@ def read_lake(root: str | os.PathLike[str], columns: list[str] | None = None) ->
             raise LakeError(msg) from err
     msg = f"lake: files under {root} kept disappearing while reading (is a compaction looping?)"
     raise LakeError(msg)
+
+
+def close_day(root: str | os.PathLike[str], date: str | dt.date) -> bool:
+    """Mark a day closed in its manifest: its event time is past (the engine's watermark passed midnight).
+
+    Returns False when the day has no folder or no manifest (nothing was written for it). Rows that still arrive for a closed
+    day (late events) are written as ever, and counted in the manifest's ``rows_after_close``, so a retrain can
+    say its day changed after it closed.
+    """
+    day = Path(root) / f"date={date.isoformat() if isinstance(date, dt.date) else date}"
+    if not day.is_dir():
+        return False
+    with _locked(day):
+        doc = _load_manifest(day)
+        if doc is None:  # a folder from before manifests: the writer makes one on its next edit
+            return False
+        if doc.get("closed"):
+            return True
+        doc.update(closed=True, closed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                   rows_at_close=int(doc.get("rows", 0)))
+        atomic_write_bytes(day / MANIFEST, json.dumps(doc, indent=1).encode() + b"\n")
+    return True

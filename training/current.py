@@ -120,3 +120,47 @@ def history(registry: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if isinstance(doc, dict):
             out.append(doc)
     return out
+
+
+SHADOW = "SHADOW"
+
+
+def set_shadow(registry: str | os.PathLike[str], version: str, *, champion: str | None, events: int, max_s: float,
+               offline: dict[str, Any] | None = None) -> Path:
+    """Ask the engine to score ``version`` beside the champion on live traffic (its scores reach no alert).
+
+    ``<registry>/SHADOW`` names the candidate, the champion it was compared with offline, and how long to
+    shadow it (``events`` live events or ``max_s`` seconds); the engine then applies the gate and clears it.
+    """
+    root = Path(registry)
+    if not (root / version).is_dir():
+        msg = f"registry {root}: no version {version!r} to shadow"
+        raise FileNotFoundError(msg)
+    doc = {"version": version, "champion": champion, "events": int(events), "max_s": float(max_s),
+           "since": time.time(), "offline": offline or {}}
+    with pointer_lock(root):
+        path = atomic_write_bytes(root / SHADOW, json.dumps(doc, default=str).encode())
+        _append_history(root, {"version": version, "previous": champion, "at": doc["since"], "action": "shadow",
+                               "reason": f"shadow-scored for {events} events or {max_s:g} s"})
+    return path
+
+
+def read_shadow(registry: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The shadow request, or None."""
+    try:
+        doc = json.loads((Path(registry) / SHADOW).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("version"), str) else None
+
+
+def clear_shadow(registry: str | os.PathLike[str], version: str | None = None) -> bool:
+    """Remove the shadow request (only if it names ``version``, when given); True if one was removed."""
+    root = Path(registry)
+    with pointer_lock(root):
+        doc = read_shadow(root)
+        if doc is None or (version is not None and doc["version"] != version):
+            return False
+        (root / SHADOW).unlink(missing_ok=True)
+        fsync_dir(root)
+    return True

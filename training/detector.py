@@ -140,7 +140,7 @@ class Detector:
                                        protect=settings.threshold_protect)
         train_scores = forest.score(finite)
         threshold.reset(train_scores)
-        version = _new_version(forest)
+        version = new_version(forest)
         meta = {
             "parent": None, "fitted_at": time.time(), "builder": builder,
             "params": {"n_trees": n_trees, "max_samples": psi, "contamination": contamination, "seed": seed},
@@ -344,7 +344,7 @@ class Detector:
             threshold = StreamingThreshold.restore(meta["threshold"], arrays["threshold.counts"])
             det = cls(forest, meta["feature_names"], threshold=threshold, version=meta["base_version"],
                       online=online, seed=int(meta["seed"]), meta={k: meta[k] for k in ("parent", "fitted_at",
-                      "builder", "params", "training", "metrics") if k in meta})
+                      "builder", "params", "training", "metrics", "kind", "data_dates", "lineage") if k in meta})
             det.updates = int(meta["updates"])
             det.renewal.restore(meta["renewal"])
             det.events_seen = int(meta["events_seen"])
@@ -390,7 +390,8 @@ def hull_extended(scores: np.ndarray, X: np.ndarray, lo: np.ndarray, hi: np.ndar
     return np.where(e > 0, scores ** np.exp(-e), scores)
 
 
-def _new_version(forest: PackedForest) -> str:
+def new_version(forest: PackedForest) -> str:
+    """A version name: UTC time of creation and a digest of the trees."""
     digest = hashlib.sha256(forest.threshold.tobytes() + forest.feature.tobytes()).hexdigest()[:8]
     return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest}"
 

@@ -144,7 +144,7 @@ def summary(meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": meta.get("version"),
         "parent": meta.get("parent"),
-        "kind": meta.get("kind", "online" if meta.get("updates") else "fit"),
+        "kind": "online" if meta.get("updates") else meta.get("kind", "fit"),
         "saved_at": meta.get("saved_at"),
         "data_dates": meta.get("data_dates", []),
         "params": meta.get("params", {}),

@@ -119,6 +119,22 @@ class StreamingThreshold:
         self.counts[:] = 0.0
         return self.update(scores, protect=False)
 
+    def calibrate(self, counts: np.ndarray) -> float:
+        """Start from a histogram of scores on this threshold's bins (e.g. a day's normal events, summed over
+        workers), weighted as the steady state of the decayed histogram: a day of data does not make the live
+        threshold slower to adapt than one calibrated on a stream. Returns the new threshold."""
+        c = np.asarray(counts, dtype=np.float64)
+        if c.shape != self.counts.shape or not np.isfinite(c).all() or (c < 0).any():
+            msg = f"threshold: calibration histogram has shape {c.shape} or bad values, expected {self.counts.shape}"
+            raise ThresholdError(msg)
+        total = c.sum()
+        steady = self.half_life / math.log(2.0)  # sum of 0.5 ** (t / half_life) over t >= 0
+        self.counts = c * (min(steady, total) / total) if total > 0 else c.copy()
+        self.storm = False
+        if self.fixed is None:
+            self.value = self._quantile()
+        return self.value
+
     def forget(self, keep: float) -> None:
         """Scale the old scores' weight by ``keep`` in [0, 1] (drift: let new scores dominate sooner)."""
         self.counts *= min(max(float(keep), 0.0), 1.0)

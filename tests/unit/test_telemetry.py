@@ -158,7 +158,7 @@ def test_metrics_record_carries_the_documented_keys(seed: int) -> None:
     assert set(rec) == {"schema", "pipeline", "group", "ts", "records_in", "events_scored", "dead_letters",
                         "late_events", "warmup_events", "anomalies", "incidents_opened", "incidents_closed",
                         "windows_closed", "commits", "errors", "lag", "model_version", "events_per_s",
-                        "restored_partitions", "waiting_for_model", "watermark_ms", "latency_ms"}
+                        "restored_partitions", "waiting_for_model", "watermark_ms", "committed_watermark_ms", "shadow", "latency_ms"}
     assert (rec["pipeline"], rec["group"], rec["schema"]) == ("events", "events/p0.2", 1)
     assert read_metrics_record(value) == ("events", "events/p0.2", snap)
     with pytest.raises(TelemetryError, match="sent as 'events'/'events/p9'"):

@@ -1,0 +1,178 @@
+"""The per-partition work of the batch jobs (retrain, replay), as plain functions Dask runs on workers.
+
+A key's events all lie in one Kafka partition, so one task per partition and day walks that partition's lake
+files in offset order through the stream's own feature layer (:class:`training.features.FeatureBuilder`,
+starting cold: each key's first ``features.warmup_events`` events are warm-up, as for a new key in the
+stream) and sees every key's history in arrival order. Tasks return small things (a sample, histograms); the
+feature matrix stays on the worker that computed it (a Dask future) until the scoring pass has used it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from streams.lake_days import read_partition
+from streams.schema import Schema
+from training import binned
+from training.detector import Detector
+from training.features import FeatureBuilder, FeaturesConfig
+
+#: lake columns the batch jobs read besides the feature inputs: the live judgement
+LIVE_COLUMNS = ("score", "is_anomaly")
+
+
+def input_columns(cfg: FeaturesConfig, schema: Schema) -> list[str]:
+    """The event fields the feature layer reads (key and event time included)."""
+    cols = [*cfg.numeric, *(cfg.ratio or ()), schema.event_time.field, *cfg.categorical]
+    if schema.key:
+        cols.append(schema.key)
+    return list(dict.fromkeys(cols))
+
+
+@dataclass
+class PartitionRows:
+    """One partition's day through the feature layer, with the live judgement and labels, kept on a worker."""
+
+    partition: int
+    X: np.ndarray  # float32 (rows, features)
+    warm: np.ndarray  # bool: the key was past its warm-up (only warm rows are learnt from and alerted on)
+    live_score: np.ndarray  # float64: the score the stream gave (NaN where the lake has none)
+    live_flag: np.ndarray  # bool: the stream's alert
+    label: np.ndarray  # int8: 1 anomaly, 0 normal, -1 unknown
+
+    @property
+    def rows(self) -> int:
+        return len(self.X)
+
+
+def _column(table: pa.Table, name: str) -> pd.Series | None:
+    return table.column(name).to_pandas() if name in table.column_names else None
+
+
+def partition_features(root: str | os.PathLike[str], paths: list[str], partition: int, features: FeaturesConfig,
+                       schema: Schema, label_field: str | None = None) -> PartitionRows:
+    """Read one partition's files of a day (only the columns needed) and compute their features."""
+    wanted = input_columns(features, schema) + list(LIVE_COLUMNS) + ([label_field] if label_field else [])
+    table = read_partition(root, paths)  # the footer names the columns: project after, on what is there
+    table = table.select([c for c in dict.fromkeys(wanted) if c in table.column_names])
+    frame = table.to_pandas()
+    out = FeatureBuilder(features, schema).compute(frame)
+    n = len(frame)
+    score = _column(table, "score")
+    flag = _column(table, "is_anomaly")
+    lab = _column(table, label_field) if label_field else None
+    label = np.full(n, -1, dtype=np.int8)
+    if lab is not None:
+        vals = pd.to_numeric(lab, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        label = np.where(np.isfinite(vals), (vals > 0).astype(np.int8), -1).astype(np.int8)
+    return PartitionRows(
+        partition, out.X.astype(np.float32), np.asarray(out.warm, dtype=bool),
+        np.full(n, np.nan) if score is None else score.to_numpy(dtype=np.float64, na_value=np.nan),
+        np.zeros(n, dtype=bool) if flag is None else flag.to_numpy(dtype=bool, na_value=False), label)
+
+
+def sample_seed(seed: int, date: str, partition: int) -> int:
+    """A seed per (job seed, day, partition): a re-run draws the same sample; days and partitions differ."""
+    return zlib.crc32(f"{seed}/{date}/{partition}".encode())
+
+
+def draw_sample(rows: PartitionRows, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``k`` of the partition's learnable rows (warm, finite, not alerted) with their random priorities.
+
+    Every learnable row of the day gets a uniform priority; each partition keeps its ``k`` smallest, and the
+    ``k`` smallest of all partitions' are a uniform sample of the whole day, without moving more than ``k``
+    rows per partition.
+    """
+    ok = rows.warm & ~rows.live_flag & (rows.label != 1) & np.isfinite(rows.X).all(axis=1)
+    idx = np.flatnonzero(ok)
+    prio = np.random.default_rng(seed).random(len(idx))
+    if len(idx) > k:
+        keep = np.argpartition(prio, k - 1)[:k]
+        idx, prio = idx[keep], prio[keep]
+    return prio, rows.X[idx]
+
+
+def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
+    """The ``k`` rows with the smallest priorities over every partition's sample (deterministic order)."""
+    prio = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0)
+    X = np.concatenate([x for _, x in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+    order = np.argsort(prio, kind="stable")[:k]
+    return X[order]
+
+
+@dataclass
+class PartitionScores:
+    """Histograms (on :data:`training.binned.BINS` bins) of one partition's candidate and live scores."""
+
+    rows: int
+    warm: int
+    cand_normal: np.ndarray  # candidate scores of warm rows the stream did not alert on (not labelled 1)
+    cand_flagged: np.ndarray  # candidate scores of warm rows the stream alerted on (not labelled 1)
+    live_warm: np.ndarray  # live scores of warm rows
+    live_alerts: int
+    cand_pos: np.ndarray  # candidate scores of rows labelled 1 / 0
+    cand_neg: np.ndarray
+    live_pos: np.ndarray  # live scores of rows labelled 1 / 0
+    live_neg: np.ndarray
+
+    def __add__(self, other: PartitionScores) -> PartitionScores:
+        return PartitionScores(**{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__})
+
+    @classmethod
+    def empty(cls) -> PartitionScores:
+        z = np.zeros(binned.BINS)
+        return cls(0, 0, z, z, z, 0, z, z, z, z)
+
+
+def score_partition(rows: PartitionRows, detector: Detector) -> PartitionScores:
+    """Score the partition with ``detector`` and summarise both models' scores as histograms."""
+    s = detector.score(rows.X) if rows.rows else np.zeros(0)
+    w = rows.warm
+    unknown = w & (rows.label != 1)
+    pos, neg = rows.label == 1, rows.label == 0
+    h = binned.histogram
+    return PartitionScores(
+        rows.rows, int(w.sum()), h(s[unknown & ~rows.live_flag]), h(s[unknown & rows.live_flag]), h(rows.live_score[w]),
+        int((rows.live_flag & w).sum()), h(s[pos]), h(s[neg]), h(rows.live_score[pos]), h(rows.live_score[neg]))
+
+
+def calibration_histogram(total: PartitionScores) -> np.ndarray:
+    """The candidate's scores the threshold is calibrated on: every warm row not labelled anomalous.
+
+    The stream's own alerts stay in, as they do in the live threshold (outside alert storms): leaving them out
+    would set the quantile on a truncated distribution and, once promoted, alert on contamination *plus* the
+    anomalies, about twice the live rate.
+    """
+    return total.cand_normal + total.cand_flagged
+
+
+def summarise(total: PartitionScores, threshold: float) -> dict[str, Any]:
+    """The evaluation of a candidate with ``threshold`` against the stream's live scores, from histograms."""
+    cand_warm = total.cand_normal + total.cand_flagged
+    cand_alerts = binned.above(cand_warm, threshold)
+    live_alerts = float(total.live_alerts)
+    warm = max(total.warm, 1)
+    # agreement: the candidate alerts where the stream did, and stays quiet where it did not
+    agree = binned.above(total.cand_flagged, threshold) + (float(total.cand_normal.sum())
+                                                           - binned.above(total.cand_normal, threshold))
+    out: dict[str, Any] = {
+        "rows": total.rows, "warm_rows": total.warm,
+        "candidate_alert_rate": cand_alerts / warm, "champion_alert_rate": live_alerts / warm,
+        "agreement": agree / warm if total.warm else None,
+        "candidate_score_mean": binned.mean(cand_warm), "champion_score_mean": binned.mean(total.live_warm),
+        "score_drift_ks": binned.ks_distance(cand_warm, total.live_warm),
+        "labelled_rows": int(total.cand_pos.sum() + total.cand_neg.sum()),
+        "labelled_anomalies": int(total.cand_pos.sum()),
+        "candidate_auc": binned.roc_auc(total.cand_pos, total.cand_neg),
+        "candidate_ap": binned.average_precision(total.cand_pos, total.cand_neg),
+        "champion_auc": binned.roc_auc(total.live_pos, total.live_neg),
+        "champion_ap": binned.average_precision(total.live_pos, total.live_neg),
+    }
+    return out
