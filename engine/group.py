@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: in-memory cap on rows waiting for the first model, in multiples of model.fit_on_first (backpressure)
 _GATE_FACTOR = 4
+#: window alerts one report carries at most (a storm of them asks for one report per key and period anyway)
+MAX_TRIGGERS = 1_000
 
 
 def group_name(partitions: list[int]) -> str:
@@ -131,6 +133,8 @@ class GroupRunner:
         self._last_report = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._commits = 0
+        #: [key, window start ms] of window alerts since the last report (the driver submits their reports)
+        self._triggers: list[list[Any]] = []
         self._commit_thread: threading.Thread | None = None
         self._reader: Reader | None = None
         self._stop_wait_until = float("inf")
@@ -175,6 +179,10 @@ class GroupRunner:
         if agg is not None:
             if agg.windows is not None and len(agg.windows):
                 self.metrics.windows_closed += len(agg.windows)
+                fired = agg.windows[agg.windows["alert"].to_numpy(bool)]
+                if len(fired) and len(self._triggers) < MAX_TRIGGERS:  # the driver submits their reports
+                    starts = fired["window_start"].astype("int64").to_numpy() // 1000
+                    self._triggers += [[str(k), int(t)] for k, t in zip(fired["key"], starts, strict=True)]
                 if self.parts.windows_lake is not None:
                     self.parts.windows_lake.add(agg.windows)
             self.metrics.late_events += agg.late
@@ -336,7 +344,8 @@ class GroupRunner:
         self.metrics.watermark_ms = self._watermark_ms()
         # the version the group scores with now (swapped between batches), even while no event arrives
         self.metrics.model_version = self.parts.holder.version or self.metrics.model_version
-        self.parts.report(self.snapshot())
+        self.parts.report({**self.snapshot(), "triggers": self._triggers})
+        self._triggers = []
 
     def _watermark_ms(self) -> float | None:
         marks = [w for w in self.aggregates.watermarks().values() if w is not None]

@@ -9,11 +9,14 @@ engine's own Dask client, so the stream goes on meanwhile. With ``trigger: cron`
 :class:`ShadowJudge` ends a shadow period (``<registry>/SHADOW``) once the candidate was scored beside the
 champion on ``events`` live events or for ``max_s`` seconds, applies :func:`training.gate.decide` to the live
 agreement and alert rate (and the retrain's labelled metrics), then promotes or refuses, saying why.
+
+:class:`ReportTrigger` turns the rate trigger's window alerts into reports on the ``reports`` topic.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import queue
 import threading
@@ -150,3 +153,54 @@ class ShadowJudge:
         self.decisions.append({"version": version, "action": action, "reason": decision.reason, "shadow": live})
         log.warning("shadow %s: %s (%s)", version, action, decision.reason)
         return decision
+
+
+class ReportTrigger:
+    """The rate trigger's reports: a window alert of a key submits that key's report for its period (once per
+    key and period in a run) to the cluster, and the result is published on ``topics.reports``.
+
+    Best effort, like the metrics: a report lost with a crashed driver is not redone (``isostream report`` gives
+    the same figures on demand).
+    """
+
+    def __init__(self, cfg: Config, client: Any, publish: Callable[[bytes, bytes], None]) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.publish = publish
+        self.tz = zoneinfo.ZoneInfo(cfg.lake.timezone)
+        self._seen: set[tuple[str, dt.date]] = set()
+        self.submitted = 0
+        self.published = 0
+        self.failed = 0
+
+    def submit(self, key: str, window_start_ms: float) -> bool:
+        """Submit ``key``'s report for the period holding ``window_start_ms``; False if it was submitted already."""
+        import functools
+
+        from streams.reports import key_report, period_start
+
+        r = self.cfg.reports
+        if not r.on_trigger or not self.cfg.schema.key:
+            return False
+        day = dt.datetime.fromtimestamp(window_start_ms / 1000.0, tz=self.tz).date()
+        mark = (key, period_start(day, r.trigger_period))
+        if mark in self._seen:
+            return False
+        self._seen.add(mark)
+        # the report's own ``key`` argument goes in a partial: ``submit(key=...)`` would name the Dask task
+        task = functools.partial(key_report, str(self.cfg.lake.path), key_field=self.cfg.schema.key, key=key,
+                                 day=day, period=r.trigger_period,
+                                 alarm_field=r.alarm_field or self.cfg.windows.alarm_field)
+        future = self.client.submit(task, pure=False)
+        future.add_done_callback(lambda f, k=key: self._done(f, k))
+        self.submitted += 1
+        return True
+
+    def _done(self, future: Any, key: str) -> None:
+        try:
+            doc = future.result()
+            self.publish(json.dumps(doc, default=str).encode(), key.encode())
+            self.published += 1
+        except Exception as err:  # noqa: BLE001 - a report is not worth stopping the stream for
+            self.failed += 1
+            log.warning("triggered report for %s failed: %s", key, err)

@@ -31,7 +31,7 @@ from distributed import Client, Event, Future, Queue
 from engine.config import Config
 from engine.coordinator import ModelCoordinator
 from engine.group import group_name
-from engine.nightly import EndOfDay, ShadowJudge
+from engine.nightly import EndOfDay, ReportTrigger, ShadowJudge
 from engine.steps import PartitionFeatures
 from engine.task import PROGRESS_TOPIC, GroupSpec, run_group_task
 from engine.telemetry import GroupMetrics, MetricsHub, metrics_record
@@ -104,6 +104,7 @@ class _Pipeline:
     groups: list[_Group] = field(default_factory=list)
     end_of_day: EndOfDay | None = None
     judge: ShadowJudge | None = None
+    trigger: ReportTrigger | None = None
 
 
 class Runtime:
@@ -268,6 +269,25 @@ class Runtime:
                 log.info("pipeline %s: published model %s", pipe.name, pipe.coordinator.status.version)
             self._nightly(pipe)
 
+    def _trigger_reports(self, msg: dict[str, Any]) -> None:
+        """Submit the reports of the window alerts a group reported (see :class:`engine.nightly.ReportTrigger`)."""
+        pipe = self.pipelines.get(msg.get("pipeline", ""))
+        if pipe is None or not msg.get("triggers"):
+            return
+        if pipe.trigger is None:
+            topic = pipe.cfg.kafka.topics.reports
+
+            def publish(value: bytes, key: bytes) -> None:
+                if self._metrics_sink is not None:
+                    self._metrics_sink.write([value], [key], topic=topic)
+
+            pipe.trigger = ReportTrigger(pipe.cfg, self.client, publish)
+        for key, start_ms in msg["triggers"]:
+            try:
+                pipe.trigger.submit(str(key), float(start_ms))
+            except Exception as err:  # noqa: BLE001 - reports are not worth stopping the stream for
+                log.warning("pipeline %s: cannot submit the report of %s: %s", pipe.name, key, err)
+
     def _nightly(self, pipe: _Pipeline) -> None:
         """Close lake days behind the committed watermark (retrain them) and end shadow periods."""
         if pipe.end_of_day is None:
@@ -304,6 +324,7 @@ class Runtime:
                 old = GroupMetrics.from_snapshot(last)
                 self._base[key] = old if key not in self._base else self._base[key].merge(old, group=old.group)
             self._tasks[key] = (msg["task"], msg)
+            self._trigger_reports(msg)
             for p, o in msg.get("start_offsets", {}).items():
                 self._start.setdefault(f"{msg['pipeline']}/{p}", int(o))
             for p, o in msg.get("offsets", {}).items():
@@ -332,7 +353,9 @@ class Runtime:
     def _nightly_report(self) -> None:
         self.report.nightly = {
             name: {"closed_days": list(p.end_of_day.closed), "retrains": list(p.end_of_day.results),
-                   "shadow_decisions": list(p.judge.decisions) if p.judge else []}
+                   "shadow_decisions": list(p.judge.decisions) if p.judge else [],
+                   "reports_triggered": p.trigger.submitted if p.trigger else 0,
+                   "reports_published": p.trigger.published if p.trigger else 0}
             for name, p in self.pipelines.items() if p.end_of_day is not None}
 
     # -- control topic and metrics ---------------------------------------------------------------------------------
@@ -401,7 +424,8 @@ class Runtime:
         try:
             settings = self.cfg.kafka.client_settings()
             metric_topics = {p.cfg.kafka.topics.metrics: 1 for p in self.pipelines.values()}
-            create_topics(self.cfg.kafka.bootstrap, metric_topics, settings=settings)
+            report_topics = {p.cfg.kafka.topics.reports: 1 for p in self.pipelines.values() if p.cfg.reports.on_trigger}
+            create_topics(self.cfg.kafka.bootstrap, {**metric_topics, **report_topics}, settings=settings)
             self._metrics_sink = KafkaSink(settings, next(iter(metric_topics)))
         except Exception as err:  # noqa: BLE001 - metrics are not worth stopping the stream for
             log.warning("metrics topic unavailable: %s", err)

@@ -83,28 +83,58 @@ def sample_seed(seed: int, date: str, partition: int) -> int:
     return zlib.crc32(f"{seed}/{date}/{partition}".encode())
 
 
-def draw_sample(rows: PartitionRows, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``k`` of the partition's learnable rows (warm, finite, not alerted) with their random priorities.
+@dataclass
+class PartitionSample:
+    """Up to ``k`` rows of each pool with their uniform priorities, and the partition's counts."""
 
-    Every learnable row of the day gets a uniform priority; each partition keeps its ``k`` smallest, and the
-    ``k`` smallest of all partitions' are a uniform sample of the whole day, without moving more than ``k``
-    rows per partition.
+    quiet_prio: np.ndarray  # learnable rows the stream did not alert on
+    quiet_X: np.ndarray
+    alerted_prio: np.ndarray  # learnable rows it alerted on (learnt from only when its alerts are a regime)
+    alerted_X: np.ndarray
+    warm: int
+    alerted: int
+
+
+def draw_sample(rows: PartitionRows, k: int, seed: int) -> PartitionSample:
+    """The partition's share of a uniform sample of its learnable rows (warm, finite, not labelled anomalous).
+
+    Every learnable row of the day gets a uniform priority; each partition keeps its ``k`` smallest per pool,
+    and the ``k`` smallest over all partitions (and the pools used) are a uniform sample of those rows, without
+    moving more than ``2 k`` rows per partition.
     """
-    ok = rows.warm & ~rows.live_flag & (rows.label != 1) & np.isfinite(rows.X).all(axis=1)
-    idx = np.flatnonzero(ok)
-    prio = np.random.default_rng(seed).random(len(idx))
-    if len(idx) > k:
-        keep = np.argpartition(prio, k - 1)[:k]
-        idx, prio = idx[keep], prio[keep]
-    return prio, rows.X[idx]
+    ok = rows.warm & (rows.label != 1) & np.isfinite(rows.X).all(axis=1)
+    prio_all = np.random.default_rng(seed).random(rows.rows)
+
+    def pool(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.flatnonzero(mask)
+        prio = prio_all[idx]
+        if len(idx) > k:
+            keep = np.argpartition(prio, k - 1)[:k]
+            idx, prio = idx[keep], prio[keep]
+        return prio, rows.X[idx]
+
+    qp, qx = pool(ok & ~rows.live_flag)
+    ap, ax = pool(ok & rows.live_flag)
+    return PartitionSample(qp, qx, ap, ax, int(rows.warm.sum()), int((rows.warm & rows.live_flag).sum()))
 
 
-def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
-    """The ``k`` rows with the smallest priorities over every partition's sample (deterministic order)."""
-    prio = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0)
-    X = np.concatenate([x for _, x in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
-    order = np.argsort(prio, kind="stable")[:k]
-    return X[order]
+def merge_samples(parts: list[PartitionSample], k: int, *, regime_rate: float) -> tuple[np.ndarray, bool]:
+    """The ``k`` rows with the smallest priorities; returns them and whether the stream's alerts were included.
+
+    The stream's alerts are left out (they are the anomalies the new trees must not learn as normal) unless it
+    alerted on more than ``regime_rate`` of the day's warm rows: then its alerts are a regime it did not know
+    (a drift), and a sample without them would describe only the part of the day that still looked familiar.
+    """
+    warm = sum(p.warm for p in parts)
+    alerted = sum(p.alerted for p in parts)
+    regime = warm > 0 and alerted / warm > regime_rate
+    prio = [p.quiet_prio for p in parts] + ([p.alerted_prio for p in parts] if regime else [])
+    X = [p.quiet_X for p in parts] + ([p.alerted_X for p in parts] if regime else [])
+    if not prio or not sum(len(p) for p in prio):
+        return np.zeros((0, parts[0].quiet_X.shape[1] if parts else 0), dtype=np.float32), regime
+    all_prio, all_X = np.concatenate(prio), np.concatenate(X)
+    order = np.argsort(all_prio, kind="stable")[:k]
+    return all_X[order], regime
 
 
 @dataclass
@@ -119,7 +149,7 @@ class PartitionScores:
     live_alerts: int
     cand_pos: np.ndarray  # candidate scores of rows labelled 1 / 0
     cand_neg: np.ndarray
-    live_pos: np.ndarray  # live scores of rows labelled 1 / 0
+    live_pos: np.ndarray  # champion scores of warm rows labelled 1 / 0
     live_neg: np.ndarray
 
     def __add__(self, other: PartitionScores) -> PartitionScores:
@@ -131,16 +161,27 @@ class PartitionScores:
         return cls(0, 0, z, z, z, 0, z, z, z, z)
 
 
-def score_partition(rows: PartitionRows, detector: Detector) -> PartitionScores:
-    """Score the partition with ``detector`` and summarise both models' scores as histograms."""
+def score_partition(rows: PartitionRows, detector: Detector, champion: Detector | None = None) -> PartitionScores:
+    """Score the partition with ``detector`` and summarise both models' scores as histograms.
+
+    Alert rates and agreement compare with what the stream did (its live flags). Labelled rows are also
+    scored with ``champion`` on the *same* recomputed features, so AUC and AP compare the two models on equal
+    terms (the live scores came from features with history from earlier days; these start cold).
+    """
     s = detector.score(rows.X) if rows.rows else np.zeros(0)
     w = rows.warm
     unknown = w & (rows.label != 1)
-    pos, neg = rows.label == 1, rows.label == 0
+    pos, neg = w & (rows.label == 1), w & (rows.label == 0)
     h = binned.histogram
+    labelled = pos | neg
+    champ = np.full(rows.rows, np.nan)
+    if champion is not None and labelled.any():
+        champ[labelled] = champion.score(rows.X[labelled])
+    elif champion is None:
+        champ = rows.live_score
     return PartitionScores(
         rows.rows, int(w.sum()), h(s[unknown & ~rows.live_flag]), h(s[unknown & rows.live_flag]), h(rows.live_score[w]),
-        int((rows.live_flag & w).sum()), h(s[pos]), h(s[neg]), h(rows.live_score[pos]), h(rows.live_score[neg]))
+        int((rows.live_flag & w).sum()), h(s[pos]), h(s[neg]), h(champ[pos]), h(champ[neg]))
 
 
 def calibration_histogram(total: PartitionScores) -> np.ndarray:

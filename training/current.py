@@ -139,6 +139,10 @@ def set_shadow(registry: str | os.PathLike[str], version: str, *, champion: str 
     doc = {"version": version, "champion": champion, "events": int(events), "max_s": float(max_s),
            "since": time.time(), "offline": offline or {}}
     with pointer_lock(root):
+        before = read_shadow(root)
+        if before is not None and before["version"] != version:  # a newer candidate takes its place
+            _append_history(root, {"version": before["version"], "previous": champion, "at": doc["since"],
+                                   "action": "superseded", "reason": f"shadow replaced by {version}"})
         path = atomic_write_bytes(root / SHADOW, json.dumps(doc, default=str).encode())
         _append_history(root, {"version": version, "previous": champion, "at": doc["since"], "action": "shadow",
                                "reason": f"shadow-scored for {events} events or {max_s:g} s"})

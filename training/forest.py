@@ -100,6 +100,16 @@ class PackedForest:
         with np.errstate(over="ignore"):  # beyond float32 becomes +-inf, as in scikit-learn
             return np.ascontiguousarray(X, dtype=np.float32)
 
+    def _as_float(self, X: np.ndarray) -> np.ndarray:
+        """``X`` checked, as C-contiguous float32 or float64 (without a copy when it is one already)."""
+        X = np.asarray(X)
+        if X.dtype != np.float64:
+            return self._as_float32(X)  # float32 as it is; other types rounded straight to float32, as before
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            msg = f"forest expects a 2-D array with {self.n_features} features, got shape {X.shape}"
+            raise ForestError(msg)
+        return np.ascontiguousarray(X)
+
     @cached_property
     def _dense(self) -> tuple[int, np.ndarray, tuple[np.ndarray, ...]] | None:
         """(height, float32 thresholds, dense arrays) for the fast kernel; None when the trees are too deep."""
@@ -125,17 +135,21 @@ class PackedForest:
         Batches of at least ``parallel_min_rows`` rows (default :data:`training._kernels.PARALLEL_MIN_ROWS`)
         are scored on all numba threads, smaller ones on the calling thread.
         """
-        X32 = self._as_float32(X)
-        if len(X32) == 0:
-            return np.zeros(0)
         dense = self._dense
         if dense is None:
+            X32 = self._as_float32(X)
+            if len(X32) == 0:
+                return np.zeros(0)
             return K.path_length_sum(X32, self.feature, self.threshold, self.left, self.right, self.nan_left,
                                      self.leaf_value, self.tree_offset[:-1])
+        # the dense kernel takes float64 rows as they are and rounds them to float32 block by block
+        Xf = self._as_float(X)
+        if len(Xf) == 0:
+            return np.zeros(0)
         height, _, (dfeat, dthr, dnan, dleaf) = dense
         threshold = K.PARALLEL_MIN_ROWS if parallel_min_rows is None else parallel_min_rows
-        kernel = K.dense_path_sum if len(X32) >= threshold else K.dense_path_sum_serial
-        return kernel(X32, dfeat, dthr, dnan, dleaf, height, K.BLOCK)
+        kernel = K.dense_path_sum if len(Xf) >= threshold else K.dense_path_sum_serial
+        return kernel(Xf, dfeat, dthr, dnan, dleaf, height, K.BLOCK)
 
     def mean_path_length(self, X: np.ndarray) -> np.ndarray:
         """E[h(x)]: each row's path length averaged over the trees."""

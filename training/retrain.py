@@ -4,7 +4,8 @@ Steps (each partition's work runs as Dask tasks; the driver only adds up small r
 
 1. read the day's manifest; refuse a day that is not closed (unless forced) or holds no data;
 2. per Kafka partition, recompute the features with the stream's feature layer (:mod:`training.batch`) and draw
-   that partition's share of a uniform sample of the learnable rows (warm, not alerted, not labelled);
+   that partition's share of a uniform sample of the learnable rows (warm, not labelled anomalous, and not
+   alerted on by the stream unless its alerts were a regime: :func:`training.batch.merge_samples`);
 3. grow ``(1 - keep_share) * n_trees`` new trees on the sample and put them in the slots of the current model's
    oldest trees (the online renewal's round-robin order), so the rest of its history stays;
 4. score every row of the day with the candidate on the workers, as histograms (:mod:`training.binned`);
@@ -215,7 +216,8 @@ def _retrain(job: RetrainJob, client: Any, day: LakeDay, champion: Detector | No
     per_part = max(s.sample_rows, 2)
     samples = [client.submit(draw_sample, r, per_part, sample_seed(job.seed, date, p),
                              key=f"retrain-sample-{date}-p{p}-{token}") for r, p in zip(rows, parts, strict=True)]
-    sample = merge_samples(_tick(progress, "features + sample", samples), s.sample_rows)
+    sample, regime = merge_samples(_tick(progress, "features + sample", samples), s.sample_rows,
+                                   regime_rate=s.gate_alert_rate_max)
     stages["features_sample_s"] = time.perf_counter() - t
     if len(sample) < 2:
         client.cancel(rows)
@@ -227,10 +229,14 @@ def _retrain(job: RetrainJob, client: Any, day: LakeDay, champion: Detector | No
     stages["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     model = client.scatter(candidate, broadcast=True)
-    scored = [client.submit(score_partition, r, model, key=f"retrain-score-{date}-p{p}-{token}-{candidate.version}")
+    # the champion as it was before integration (integrate changed the loaded copy in place)
+    reference = client.scatter(Detector.load(job.registry / champion_version), broadcast=True) \
+        if champion_version is not None else None
+    scored = [client.submit(score_partition, r, model, reference,
+                            key=f"retrain-score-{date}-p{p}-{token}-{candidate.version}")
               for r, p in zip(rows, parts, strict=True)]
     total = sum(_tick(progress, "score", scored), PartitionScores.empty())
-    client.cancel([*rows, *samples, *scored, model])
+    client.cancel([*rows, *samples, *scored, model, *([reference] if reference is not None else [])])
     stages["score_s"] = time.perf_counter() - t
     threshold = candidate.thresholder.calibrate(calibration_histogram(total))
     metrics = {**summarise(total, threshold), "threshold": threshold}
@@ -238,7 +244,8 @@ def _retrain(job: RetrainJob, client: Any, day: LakeDay, champion: Detector | No
         kind="retrain", parent=champion_version, data_dates=[date], fitted_at=time.time(),
         params={"n_trees": candidate.forest.n_trees, "max_samples": candidate.forest.max_samples,
                 "contamination": job.contamination, "seed": job.seed, "sample_rows": int(len(sample)),
-                "keep_share": s.keep_share, "hull": candidate.hull is not None},
+                "keep_share": s.keep_share, "hull": candidate.hull is not None,
+                "sample_includes_alerts": regime},
         metrics=metrics,
         lineage={**lineage, "lake": str(job.lake), "fingerprint": day.fingerprint, "rows": day.rows,
                  "partitions": parts, "rows_after_close": day.rows_after_close, "closed": day.closed})

@@ -7,14 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from distributed import Client
 
-from streams.broker import EmbeddedBroker, create_topics, free_port
+from streams.broker import EmbeddedBroker, create_topics
 from streams.generator import GeneratorSettings
 from streams.kafka_sink import KafkaSink
 from streams.lake import read_lake
@@ -23,42 +21,6 @@ from streams.replay import generated_chunks, replay
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 N = 8_000
-
-
-@pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[str]:
-    """A `dask scheduler` and two `dask worker` processes on loopback."""
-    bindir = Path(sys.executable).parent
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "dask.log", "wb")  # noqa: SIM115 - closed below
-    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=log, stderr=log)]
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout="2s"):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        for i in range(2):
-            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
-                                           "--name", f"w{i}", "--no-dashboard"], stdout=log, stderr=log))
-        with Client(address, timeout="10s") as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        log.close()
 
 
 def test_run_on_an_existing_scheduler_with_two_worker_processes(broker: EmbeddedBroker, scheduler: str,
