@@ -433,6 +433,10 @@ class Runtime:
         control = threading.Thread(target=self._control_loop, args=(control_done,), name="isostream-control",
                                    daemon=True)
         control.start()
+        labels = [threading.Thread(target=_labels_feed, args=(p.cfg, control_done), name=f"isostream-labels-{p.name}",
+                                   daemon=True) for p in self.pipelines.values() if p.cfg.labels.topic_enabled]
+        for thread in labels:
+            thread.start()
         for pipe in self.pipelines.values():
             for g in pipe.groups:
                 self._submit(pipe, g)
@@ -468,6 +472,8 @@ class Runtime:
             self._stop_event.set()
             control_done.set()
             control.join(timeout=5)
+            for thread in labels:
+                thread.join(timeout=10)
             self._shutdown()
         self._nightly_report()  # retrains that finished while the run wound down
         self.report.seconds = time.monotonic() - t0
@@ -489,6 +495,16 @@ class Runtime:
                 log.warning("metrics topic: %s", err)
         if self._metrics_server is not None:
             self.hub.stop()
+
+
+def _labels_feed(cfg: Config, stop: threading.Event) -> None:
+    """The labels topic into the label store, for the life of the run (``labels.topic_enabled``)."""
+    from engine.labels_feed import run_labels_feed
+
+    try:
+        run_labels_feed(cfg, stop)
+    except Exception as err:  # noqa: BLE001 - late labels are not worth stopping the stream for
+        log.error("labels topic %r: %s", cfg.kafka.topics.labels, err)
 
 
 def _scheduler_workers(dask_scheduler: Any) -> list[str]:

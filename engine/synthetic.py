@@ -99,8 +99,8 @@ def write_scored_day(cfg: Config, frame: pd.DataFrame, det: Detector, *, close: 
     fields = [f.name for f in cfg.schema.fields]
     writer = LakeWriter(cfg.lake.path, time_field=cfg.schema.event_time.field, tz=cfg.lake.timezone)
     state = builders if builders is not None else {}
-    for p, group in frame.groupby("_partition", sort=True):
-        part = group.reset_index(drop=True)
+    for p in np.unique(frame["_partition"].to_numpy()).tolist():
+        part = frame[frame["_partition"] == p].reset_index(drop=True)
         fb = state.setdefault(int(p), FeatureBuilder(cfg.features, cfg.schema))
         out = fb.compute(part)
         score = det.score(out.X)

@@ -357,7 +357,7 @@ class LakeWriter:
             if doc is None:
                 entries = {n: _entry_from_disk(day, n) for n in _parts_on_disk(day)}
                 closed = False
-                carried = {}
+                carried: dict[str, Any] = {}
             else:
                 if doc.get("tz") != self.tz:
                     msg = f"lake: {day} was written with tz {doc.get('tz')!r}; this writer uses {self.tz!r}"

@@ -80,10 +80,10 @@ def decide(s: GateSettings, offline: dict[str, Any], shadow: dict[str, Any] | No
         if agreement is None or rate is None:
             return Decision(False, "no evaluation to decide on (no labelled events, no agreement measured)")
         used.update(agreement=float(agreement), candidate_alert_rate=float(rate))
-        champ = src.get("champion_alert_rate")
-        champion_sane = champ is None or s.gate_alert_rate_min <= champ <= s.gate_alert_rate_max
-        if champ is not None:
-            used["champion_alert_rate"] = float(champ)
+        champ_rate = src.get("champion_alert_rate")
+        champion_sane = champ_rate is None or s.gate_alert_rate_min <= champ_rate <= s.gate_alert_rate_max
+        if champ_rate is not None:
+            used["champion_alert_rate"] = float(champ_rate)
         # agreeing with a champion that alerts out of bounds (a drift it does not know) is no virtue
         if champion_sane and agreement < s.gate_min_agreement:
             fails.append(f"agreement {agreement:.3f} < {s.gate_min_agreement:.3f} with the champion")

@@ -39,8 +39,16 @@ from streams.lake import LakeError
 from streams.lake_days import LakeDay, read_day
 from streams.schema import Schema
 from training import gate
-from training.batch import (PartitionScores, calibration_histogram, draw_sample, merge_samples, partition_features, sample_seed,
-                            score_partition, summarise)
+from training.batch import (
+    PartitionScores,
+    calibration_histogram,
+    draw_sample,
+    merge_samples,
+    partition_features,
+    sample_seed,
+    score_partition,
+    summarise,
+)
 from training.builder import build_forest
 from training.current import read_current, record, set_current, set_shadow
 from training.detector import DEFAULT_ONLINE, Detector, new_version

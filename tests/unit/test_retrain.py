@@ -18,8 +18,8 @@ from engine import models_cmd
 from engine.batch_jobs import retrain_job
 from engine.config import Config, load
 from engine.nightly import ShadowJudge
-from streams.lake import close_day
 from engine.synthetic import fit_champion, station_day, write_scored_day
+from streams.lake import close_day
 from training import retrain
 from training.current import history, read_current, read_shadow, set_current
 from training.detector import Detector
@@ -155,9 +155,9 @@ def test_the_gate_refuses_and_keeps_the_champion(tmp_path: Path, seed: int, clie
 
 
 def test_binned_auc_matches_scikit_learn(day1: tuple[Config, Detector], client: Client) -> None:
+    from streams.lake_days import read_day
     from training.batch import partition_features, score_partition
     from training.binned import roc_auc
-    from streams.lake_days import read_day
 
     cfg, champion = day1
     day = read_day(cfg.lake.path, DAY)
