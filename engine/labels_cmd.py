@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import _add_config_args, _config
-from training.labels import LabelError, LabelStore, read_labels, read_metrics, update_metrics
+from training.label_metrics import read_metrics, update_metrics
+from training.label_store import LabelStore
+from training.labels import LabelError, read_labels
 
 DESCRIPTION = """Late ground truth joined with the predictions stored in the lake (docs/labels.md).
 

@@ -26,14 +26,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from engine.config import Config
 from streams.durable import atomic_write_bytes
-from training.labels import (
-    REJECT_SCHEMA,
-    LabelStore,
-    empty_labels,
-    parse_labels,
-    records_to_frame,
-    update_metrics,
-)
+from training.label_metrics import update_metrics
+from training.label_store import LabelStore
+from training.labels import REJECT_SCHEMA, empty_labels, parse_labels, records_to_frame
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Late ground truth: label files and records, the label store, the join with the lake, metrics per model version.
+"""Late ground truth: reading label files and records into normalised labels, and the rows that cannot be used.
 
 A label names one input event in either of two ways (docs/labels.md):
 
@@ -16,25 +16,21 @@ dropped silently: :func:`parse_labels` returns them beside the good ones, one re
 >>> parsed.labels[["partition", "offset", "label"]].values.tolist(), parsed.rejects["reason"].tolist()
 ([[0, 7, 1], [0, 8, 0]], ['bad_partition'])
 
-:class:`LabelStore` keeps them durably (the latest label of an event wins), :func:`join_predictions` finds their
-stored predictions in the lake, :func:`metrics_by_version` scores each model version, and :func:`update_metrics`
-writes the result as ``<labels_path>/metrics.json`` for the promotion gate and the dashboard.
+:class:`training.label_store.LabelStore` keeps them durably (the latest label of an event wins);
+:mod:`training.label_metrics` finds their stored predictions in the lake (``join_predictions``), scores each model
+version (``metrics_by_version``) and writes the result as ``<labels_path>/metrics.json`` (``update_metrics``) for
+the promotion gate and the dashboard.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
-import logging
 import os
-import threading
-import time
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,12 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streams.durable import atomic_write_bytes, atomic_writer, remove_durably
-from streams.lake import MANIFEST, LakeError, read_manifest
-from streams.schema import Schema
 from streams.timestamps import TS_TYPE, values_to_ts
-
-log = logging.getLogger(__name__)
 
 
 class LabelError(ValueError):
@@ -62,14 +53,11 @@ LABEL_SCHEMA = pa.schema([
     ("event_time", TS_TYPE),
     ("label", pa.int8()),
 ])
-#: what the store adds to each row: a number that orders every label ever added (later wins), and the wall time
-STORED_SCHEMA = LABEL_SCHEMA.append(pa.field("seq", pa.int64())).append(pa.field("received_at", TS_TYPE))
 #: one row per unusable input row: where it came from, which row (line, row number or Kafka offset), why, what
 REJECT_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.string()), ("reason", pa.string()),
                            ("record", pa.string())])
 OFFSET_COLUMNS = ("partition", "offset")
 KEY_COLUMNS = ("key", "event_time")
-METRICS_FILE = "metrics.json"
 _TRUE = {"1", "true", "t", "1.0"}
 _FALSE = {"0", "false", "f", "0.0"}
 
@@ -81,13 +69,13 @@ class ParsedLabels(NamedTuple):
     rejects: pd.DataFrame
 
 
-# -- parsing ----------------------------------------------------------------------------------------------
 def empty_labels() -> pd.DataFrame:
     """A label frame with no rows and the right dtypes."""
-    return _to_pandas(LABEL_SCHEMA.empty_table())
+    return table_to_frame(LABEL_SCHEMA.empty_table())
 
 
 def empty_rejects() -> pd.DataFrame:
+    """A reject frame with no rows (:data:`REJECT_SCHEMA` columns)."""
     return REJECT_SCHEMA.empty_table().to_pandas()
 
 
@@ -142,7 +130,7 @@ def parse_labels(frame: pd.DataFrame, *, source: str = "<frame>", rows: Sequence
         "reason": reason[bad].tolist(),
         "record": [json.dumps(frame.iloc[i].to_dict(), default=str) for i in bad],
     }, columns=REJECT_SCHEMA.names)
-    return ParsedLabels(_to_pandas(table.filter(pa.array(ok))), rejects)
+    return ParsedLabels(table_to_frame(table.filter(pa.array(ok))), rejects)
 
 
 def _text(v: object) -> str | None:
@@ -204,7 +192,7 @@ def _times(col: pd.Series) -> tuple[pa.Array, np.ndarray]:
     return values_to_ts(values, "auto")
 
 
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
+def table_to_frame(table: pa.Table) -> pd.DataFrame:
     """``table`` as pandas with nullable integers, so a missing partition does not turn the column to floats."""
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
@@ -291,408 +279,10 @@ def read_labels(path: str | os.PathLike[str]) -> ParsedLabels:
         raise LabelError(msg)
     frame, kept, undecodable = records_to_frame(lines, names, source=source)
     parsed = parse_labels(frame, source=source, rows=kept)
-    return ParsedLabels(parsed.labels, _concat_rejects([undecodable, parsed.rejects]))
+    return ParsedLabels(parsed.labels, concat_rejects([undecodable, parsed.rejects]))
 
 
-def _concat_rejects(frames: list[pd.DataFrame]) -> pd.DataFrame:
+def concat_rejects(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The reject frames one after the other (empty ones skipped); an empty reject frame if all are."""
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else empty_rejects()
-
-
-# -- the store --------------------------------------------------------------------------------------------
-_seq_lock = threading.Lock()
-_last_seq = 0
-
-
-def _next_seq(n: int) -> int:
-    """The first of ``n`` increasing numbers, later than any handed out before in this process (~ns since epoch)."""
-    global _last_seq
-    with _seq_lock:
-        first = max(time.time_ns(), _last_seq + 1)
-        _last_seq = first + max(n, 1) - 1
-        return first
-
-
-class LabelStore:
-    """Labels kept as durable Parquet files under ``root``; the latest label of an event wins.
-
-    Each :meth:`add` writes one ``labels-<seq>-<id>.parquet`` file (fsync'd, renamed, directory fsync'd) and
-    stamps its rows with increasing ``seq`` numbers. Once ``compact_min_files`` files exist they are merged into
-    one (latest label per event only), the merged file first and the inputs deleted after, so a crash in
-    between leaves duplicates that :meth:`read` resolves the same way. Rejected rows go to ``rejects/``.
-
-    >>> import tempfile
-    >>> store = LabelStore(tempfile.mkdtemp())
-    >>> first = parse_labels(pd.DataFrame({"partition": [0, 0], "offset": [1, 2], "label": [0, 1]})).labels
-    >>> later = parse_labels(pd.DataFrame({"partition": [0], "offset": [1], "label": [1]})).labels
-    >>> store.add(first), store.add(later), store.count_rows()
-    (2, 1, 3)
-    >>> store.read()[["offset", "label"]].values.tolist()
-    [[2, 1], [1, 1]]
-    """
-
-    def __init__(self, root: str | os.PathLike[str], *, compact_min_files: int = 64) -> None:
-        if compact_min_files < 2:
-            msg = f"labels: compact_min_files must be >= 2, got {compact_min_files}"
-            raise LabelError(msg)
-        self.root = Path(root)
-        self.compact_min_files = compact_min_files
-        try:
-            (self.root / "rejects").mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            msg = f"labels: cannot create the label store {self.root}: {err}"
-            raise LabelError(msg) from err
-
-    def files(self) -> list[Path]:
-        """The label files, oldest first."""
-        return sorted(self.root.glob("labels-*.parquet"))
-
-    def add(self, labels: pd.DataFrame) -> int:
-        """Append normalised labels (:func:`parse_labels` output) durably; returns the rows written."""
-        missing = [c for c in LABEL_SCHEMA.names if c not in labels.columns]
-        if missing:
-            msg = f"labels: LabelStore.add needs the columns {LABEL_SCHEMA.names}; missing {missing}"
-            raise LabelError(msg)
-        if labels.empty:
-            return 0
-        n = len(labels)
-        first = _next_seq(n)
-        frame = labels[LABEL_SCHEMA.names].reset_index(drop=True).copy()
-        frame["seq"] = np.arange(first, first + n, dtype=np.int64)
-        frame["received_at"] = pd.Timestamp(first // 1000, unit="us", tz="UTC")
-        try:
-            table = pa.Table.from_pandas(frame, schema=STORED_SCHEMA, preserve_index=False)
-        except (pa.ArrowException, TypeError, ValueError) as err:
-            msg = f"labels: cannot store the labels (use parse_labels first): {err}"
-            raise LabelError(msg) from err
-        self._write(self.root / f"labels-{first:020d}-{uuid.uuid4().hex[:8]}.parquet", table)
-        if len(self.files()) >= self.compact_min_files:
-            self.compact()
-        return n
-
-    def add_rejects(self, rejects: pd.DataFrame) -> int:
-        """Keep rejected rows (:data:`REJECT_SCHEMA` columns) in ``rejects/``; returns the rows written."""
-        if rejects.empty:
-            return 0
-        table = pa.Table.from_pandas(rejects[REJECT_SCHEMA.names].astype(str), schema=REJECT_SCHEMA,
-                                     preserve_index=False)
-        self._write(self.root / "rejects" / f"rejects-{_next_seq(1):020d}-{uuid.uuid4().hex[:8]}.parquet", table)
-        return len(rejects)
-
-    def read_rejects(self) -> pd.DataFrame:
-        """Every rejected row kept so far."""
-        files = sorted((self.root / "rejects").glob("rejects-*.parquet"))
-        return _concat_rejects([pq.read_table(f).to_pandas() for f in files])
-
-    def count_rows(self) -> int:
-        """Rows in the label files, superseded labels included (from the footers)."""
-        return sum(pq.read_metadata(f).num_rows for f in self.files())
-
-    def read(self) -> pd.DataFrame:
-        """The latest label of every event (by ``seq``), oldest first; :data:`STORED_SCHEMA` columns."""
-        table = self._read_all()
-        return _latest(_to_pandas(table)) if table.num_rows else _to_pandas(STORED_SCHEMA.empty_table())
-
-    def compact(self) -> bool:
-        """Merge every label file into one holding the latest label per event; False if another process is."""
-        lock = os.open(self.root / "_store.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            files = self.files()
-            if len(files) < 2:
-                return False
-            tables = [pq.read_table(f) for f in files]
-            merged = _latest(_to_pandas(pa.concat_tables(tables)))
-            table = pa.Table.from_pandas(merged, schema=STORED_SCHEMA, preserve_index=False)
-            first = int(merged["seq"].min())
-            self._write(self.root / f"labels-{first:020d}-{uuid.uuid4().hex[:8]}.parquet", table)
-            remove_durably(files)  # only once the merged file is durable: see the class docstring
-            return True
-        except (OSError, pa.ArrowException) as err:
-            msg = f"labels: cannot compact {self.root}: {err}"
-            raise LabelError(msg) from err
-        finally:
-            os.close(lock)
-
-    def _write(self, path: Path, table: pa.Table) -> None:
-        try:
-            with atomic_writer(path) as fh:
-                pq.write_table(table, fh, compression="zstd")
-        except (OSError, pa.ArrowException) as err:
-            msg = f"labels: cannot write {path}: {err}"
-            raise LabelError(msg) from err
-
-    def _read_all(self) -> pa.Table:
-        for _ in range(5):
-            try:
-                tables = [pq.read_table(f, schema=STORED_SCHEMA) for f in self.files()]
-            except FileNotFoundError:
-                continue  # a compaction replaced the files while we listed them: list again
-            except (OSError, pa.ArrowException) as err:
-                msg = f"labels: cannot read the label store {self.root}: {err}"
-                raise LabelError(msg) from err
-            return pa.concat_tables(tables) if tables else STORED_SCHEMA.empty_table()
-        msg = f"labels: files under {self.root} kept disappearing while reading"
-        raise LabelError(msg)
-
-
-def _latest(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per event (Kafka coordinates, or key + time): the one with the highest ``seq``."""
-    frame = frame.sort_values("seq", kind="stable")
-    by_offset = frame["partition"].notna()
-    parts = [frame[by_offset].drop_duplicates(list(OFFSET_COLUMNS), keep="last"),
-             frame[~by_offset].drop_duplicates(list(KEY_COLUMNS), keep="last")]
-    return pd.concat(parts).sort_values("seq", kind="stable").reset_index(drop=True)
-
-
-# -- join with the lake -----------------------------------------------------------------------------------
-class JoinResult(NamedTuple):
-    """The labelled events with their stored predictions, and the labels no lake row matched (yet)."""
-
-    matched: pd.DataFrame
-    unmatched: pd.DataFrame
-    #: labels whose event also has a later label given the other way (coordinates vs key + time)
-    superseded: int
-
-
-def lake_files(lake_root: str | os.PathLike[str], days: Sequence[dt.date] | None = None) -> list[Path]:
-    """The data files the lake's day manifests list (all days, or ``days``); folders without one are skipped."""
-    root = Path(lake_root)
-    if days is None:
-        folders = sorted(d for d in root.glob("date=*") if d.is_dir())
-    else:
-        folders = [root / f"date={d.isoformat()}" for d in sorted(set(days))]
-    out: list[Path] = []
-    for day in folders:
-        if (day / MANIFEST).is_file():  # a folder without one is a writer's first flush in progress
-            out += [day / str(e["name"]) for e in read_manifest(day)["files"]]
-    return out
-
-
-_PREDICTION_COLUMNS = ("kafka_partition", "kafka_offset", "score", "is_anomaly", "model_version")
-
-
-def join_predictions(
-    lake_root: str | os.PathLike[str],
-    labels: pd.DataFrame,
-    *,
-    key_field: str | None,
-    time_field: str,
-    days: Sequence[dt.date] | None = None,
-) -> JoinResult:
-    """Join labels (:meth:`LabelStore.read` or :func:`parse_labels` output) with the predictions in the lake.
-
-    Reads only manifest-listed files (of ``days``, default all) with DuckDB. ``matched`` has one row per
-    labelled lake event: ``kafka_partition, kafka_offset, <key_field>, <time_field>, score, threshold,
-    is_anomaly, model_version, label``. Several lake rows with one key and time take the label on the last
-    (highest partition, offset) only; an event labelled both ways keeps its latest label. Labels no lake row
-    matches (not written yet, or wrong) are returned in ``unmatched``.
-    """
-    import duckdb  # here: reading and storing labels works without it
-
-    missing = [c for c in LABEL_SCHEMA.names if c not in labels.columns]
-    if missing:
-        msg = f"labels: join_predictions needs the label columns {LABEL_SCHEMA.names}; missing {missing}"
-        raise LabelError(msg)
-    labels = labels.reset_index(drop=True)
-    # without the store's seq, a later row of the frame counts as the later label
-    seq = labels["seq"] if "seq" in labels.columns else pd.Series(np.arange(len(labels)), dtype=np.int64)
-    table = pa.Table.from_pandas(labels[LABEL_SCHEMA.names].assign(seq=seq), preserve_index=False,
-                                 schema=LABEL_SCHEMA.append(pa.field("seq", pa.int64())))
-    table = table.append_column("_lid", pa.array(np.arange(len(labels), dtype=np.int64)))
-    for attempt in range(3):
-        files = [str(f) for f in lake_files(lake_root, days)]
-        if not files or not len(labels):
-            return JoinResult(_empty_matched(key_field, time_field), labels, 0)
-        con = duckdb.connect()
-        try:
-            con.register("labels", table)
-            con.read_parquet(files, union_by_name=True, hive_partitioning=False).create_view("lake")
-            have = {row[0] for row in con.execute("DESCRIBE lake").fetchall()}
-            missing = [c for c in _PREDICTION_COLUMNS if c not in have]
-            if time_field not in have:
-                missing.append(time_field)
-            if missing:
-                msg = f"labels: the lake {lake_root} lacks the columns {missing} (it has {sorted(have)})"
-                raise LabelError(msg)
-            joined = con.execute(_join_sql(key_field if key_field in have else None, time_field,
-                                           "threshold" in have)).df()
-            break
-        except duckdb.IOException as err:
-            if attempt == 2:  # a compaction swapped files under us three times: give up and say so
-                msg = f"lake: cannot read {lake_root} for the label join: {err}"
-                raise LakeError(msg) from err
-        except duckdb.Error as err:  # e.g. a time column that is not a timestamp
-            msg = f"lake: cannot join labels with {lake_root} (key {key_field!r}, time {time_field!r}): {err}"
-            raise LakeError(msg) from err
-        finally:
-            con.close()
-    lids = joined.pop("_lid").to_numpy()
-    all_lids = joined.pop("_all_lids")
-    hit = np.zeros(len(labels), dtype=bool)
-    for group in all_lids:
-        hit[np.asarray(group, dtype=np.int64)] = True
-    superseded = int(hit.sum()) - len(lids)
-    joined[time_field] = pd.to_datetime(joined.pop("_time_us"), unit="us", utc=True)
-    if key_field:  # absent from the lake, it comes back empty: only offset labels can match then
-        joined = joined.rename(columns={"_key": key_field})
-    joined["label"] = joined["label"].astype(np.int8)
-    joined["is_anomaly"] = joined["is_anomaly"].astype(bool)
-    order = ["kafka_partition", "kafka_offset", *([key_field] if key_field else []), time_field, "score",
-             "threshold", "is_anomaly", "model_version", "label"]
-    matched = joined[order].sort_values(["kafka_partition", "kafka_offset"]).reset_index(drop=True)
-    return JoinResult(matched, labels.loc[~hit].reset_index(drop=True), superseded)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _join_sql(key_field: str | None, time_field: str, has_threshold: bool) -> str:
-    """The label join over the views ``labels`` and ``lake``; names come from the config, so they are quoted."""
-    t = _quote(time_field)
-    key = f"CAST({_quote(key_field)} AS VARCHAR)" if key_field else "CAST(NULL AS VARCHAR)"
-    threshold = "threshold" if has_threshold else "CAST(NULL AS DOUBLE)"
-    # one lake row per label (the last of equal key + time), then one label per lake row (the latest).
-    # epoch_ns // 1000: epoch_us has no TIMESTAMPTZ_NS overload, and a cast would round where labels truncate
-    return f"""
-        WITH lake_rows AS (
-            SELECT kafka_partition, kafka_offset, {key} AS _key, epoch_ns({t}) // 1000 AS _time_us, score,
-                   {threshold} AS threshold, is_anomaly, model_version FROM lake),
-        by_offset AS (
-            SELECT r.*, l.label, l.seq, l._lid FROM labels l JOIN lake_rows r
-              ON l."partition" IS NOT NULL AND r.kafka_partition = l."partition" AND r.kafka_offset = l."offset"),
-        by_key AS (
-            SELECT r.*, l.label, l.seq, l._lid FROM labels l JOIN lake_rows r
-              ON l."partition" IS NULL AND r._key = l."key" AND r._time_us = epoch_us(l.event_time)
-            QUALIFY row_number() OVER (PARTITION BY l._lid ORDER BY r.kafka_partition DESC,
-                                       r.kafka_offset DESC) = 1),
-        found AS (SELECT * FROM by_offset UNION ALL SELECT * FROM by_key)
-        SELECT kafka_partition, kafka_offset, _key, _time_us, score, threshold,
-               is_anomaly, model_version, label, _lid,
-               list(_lid) OVER (PARTITION BY kafka_partition, kafka_offset) AS _all_lids
-        FROM found
-        QUALIFY row_number() OVER (PARTITION BY kafka_partition, kafka_offset ORDER BY seq DESC) = 1
-    """
-
-
-def _empty_matched(key_field: str | None, time_field: str) -> pd.DataFrame:
-    cols: dict[str, Any] = {"kafka_partition": pd.Series(dtype=np.int64), "kafka_offset": pd.Series(dtype=np.int64)}
-    if key_field:
-        cols[key_field] = pd.Series(dtype=object)
-    cols.update({time_field: pd.Series(dtype=pd.DatetimeTZDtype("us", "UTC")),
-                 "score": pd.Series(dtype=np.float64), "threshold": pd.Series(dtype=np.float64),
-                 "is_anomaly": pd.Series(dtype=bool), "model_version": pd.Series(dtype=object),
-                 "label": pd.Series(dtype=np.int8)})
-    return pd.DataFrame(cols)
-
-
-# -- metrics ----------------------------------------------------------------------------------------------
-def _metrics(label: np.ndarray, score: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
-
-    n, positives = len(label), int(label.sum())
-    out: dict[str, Any] = {"n": n, "positives": positives, "flagged": int(flagged.sum())}
-
-    def defined(v: float) -> float | None:
-        return None if np.isnan(v) else float(v)
-
-    # zero_division=nan: no flagged events (precision) or no positives (recall) is "undefined", not 0
-    out["precision"] = defined(precision_score(label, flagged, zero_division=np.nan)) if n else None
-    out["recall"] = defined(recall_score(label, flagged, zero_division=np.nan)) if n else None
-    two_classes = 0 < positives < n
-    out["ap"] = float(average_precision_score(label, score)) if two_classes else None
-    out["auc"] = float(roc_auc_score(label, score)) if two_classes else None
-    return out
-
-
-def metrics_by_version(joined: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per ``model_version``, and for ``"all"`` rows together: ``n, positives, flagged, precision, recall, ap, auc``.
-
-    ``precision`` and ``recall`` judge the stored decision (``is_anomaly``, the threshold of the time);
-    ``ap`` (average precision) and ``auc`` (ROC AUC) rank by ``score``. All four come from scikit-learn.
-    ``ap`` and ``auc`` are ``None`` when only one class is present (every label 0, or every label 1), as
-    neither is defined then; ``precision`` is ``None`` with no flagged event, ``recall`` with no positive.
-
-    >>> m = metrics_by_version(pd.DataFrame({"model_version": ["v1"] * 4, "label": [0, 0, 1, 1],
-    ...                                      "score": [0.1, 0.4, 0.35, 0.8], "is_anomaly": [0, 0, 0, 1]}))
-    >>> m["v1"]["auc"], m["v1"]["precision"], m["v1"]["recall"], m["all"]["n"]
-    (0.75, 1.0, 0.5, 4)
-    """
-    missing = [c for c in ("model_version", "label", "score", "is_anomaly") if c not in joined.columns]
-    if missing:
-        msg = f"labels: metrics_by_version needs the columns {missing} (it has {list(joined.columns)})"
-        raise LabelError(msg)
-
-    def of(rows: pd.DataFrame) -> dict[str, Any]:
-        return _metrics(rows["label"].to_numpy(dtype=np.int64), rows["score"].to_numpy(dtype=np.float64),
-                        rows["is_anomaly"].to_numpy(dtype=bool).astype(np.int64))
-
-    out = {str(v): of(rows) for v, rows in joined.groupby("model_version", sort=True)}
-    out["all"] = of(joined)
-    return out
-
-
-class LabelsSettings(Protocol):
-    """What :func:`update_metrics` reads of the configuration (``engine.config.Config`` has it)."""
-
-    @property
-    def labels_path(self) -> Path: ...
-
-    @property
-    def lake(self) -> _HasPath: ...
-
-    @property
-    def schema(self) -> Schema: ...
-
-
-class _HasPath(Protocol):
-    @property
-    def path(self) -> Path: ...
-
-
-def update_metrics(cfg: LabelsSettings, *, days: Sequence[dt.date] | None = None) -> dict[str, Any]:
-    """Read the label store, join it with the lake, write ``<labels_path>/metrics.json`` atomically; return it.
-
-    The document: ``{"updated_at", "labels", "matched", "unmatched", "superseded", "versions": {version or
-    "all": metrics}}`` (see :func:`metrics_by_version`).
-    """
-    labels = LabelStore(cfg.labels_path).read()
-    result = join_predictions(cfg.lake.path, labels, key_field=cfg.schema.key,
-                              time_field=cfg.schema.event_time.field, days=days)
-    doc = {
-        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-        "labels": len(labels),
-        "matched": len(result.matched),
-        "unmatched": len(result.unmatched),
-        "superseded": result.superseded,
-        "versions": metrics_by_version(result.matched),
-    }
-    try:
-        atomic_write_bytes(Path(cfg.labels_path) / METRICS_FILE, json.dumps(doc, indent=1).encode() + b"\n")
-    except OSError as err:
-        msg = f"labels: cannot write {Path(cfg.labels_path) / METRICS_FILE}: {err}"
-        raise LabelError(msg) from err
-    return doc
-
-
-def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The metrics document at ``path`` (the file, or the label store folder holding it); None if none yet."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / METRICS_FILE
-    try:
-        doc = json.loads(p.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        msg = f"labels: cannot read {p}: {err}"
-        raise LabelError(msg) from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
-        msg = f"labels: {p} is not a metrics document (no 'versions' mapping)"
-        raise LabelError(msg)
-    return doc
-

@@ -19,7 +19,8 @@ from engine.labels_feed import LabelsFeed, run_labels_feed
 from streams.broker import EmbeddedBroker
 from streams.lake import LakeWriter
 from tests.topics import fresh_topic
-from training.labels import LabelStore, read_metrics
+from training.label_metrics import read_metrics
+from training.label_store import LabelStore
 
 pytestmark = pytest.mark.integration
 

@@ -18,18 +18,15 @@ from engine.config import Config, load
 from engine.outputs import lake_frame
 from streams.lake import LakeWriter
 from streams.schema import STATION_ALARM
-from training.labels import (
+from training.label_metrics import (
     JoinResult,
-    LabelError,
-    LabelStore,
     join_predictions,
     metrics_by_version,
-    parse_labels,
-    read_labels,
     read_metrics,
-    records_to_frame,
     update_metrics,
 )
+from training.label_store import LabelStore
+from training.labels import LabelError, parse_labels, read_labels, records_to_frame
 
 FIELDS = STATION_ALARM.names
 EVENTS = 600  # 300 per partition; offsets below 150 scored by v1, the rest by v2
