@@ -80,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"records": report.records_in, "events": report.events, "anomalies": report.anomalies,
                           "dead_letters": report.dead_letters, "seconds": round(report.seconds, 3),
                           "model_versions": report.model_versions, "failed": report.failed,
-                          "restarts": report.restarts, "commits": report.commits}))
+                          "restarts": report.restarts, "commits": report.commits, "nightly": report.nightly},
+                         default=str))
     else:
         console.print(
             f"read {report.records_in:,} records: scored {report.events:,} events ({report.anomalies:,} anomalies),"
@@ -227,6 +228,49 @@ def build_parser() -> argparse.ArgumentParser:
                        "CSV/Parquet file; prints and writes AUC, AP, events/s and wall time.")
     evaluate.configure_parser(p)
     p.set_defaults(func=evaluate.run)
+
+    from engine import models_cmd, retrain_cmd
+
+    p = sub.add_parser("retrain", help="the nightly retrain of one lake day on the Dask cluster",
+                       description="Integrate one closed lake day into the current model: sample through the "
+                       "stream's features, new trees in the oldest slots, score the day in parallel, calibrate, "
+                       "evaluate, register, then shadow or gate (docs/retrain.md).")
+    retrain_cmd.configure_parser(p)
+    p.set_defaults(func=retrain_cmd.run)
+
+    p = sub.add_parser("models", help="the model registry: list, show, promote, rollback",
+                       description="Versions with lineage and metrics; promote and rollback move CURRENT, which "
+                       "every engine worker and `isostream serve` follow.")
+    models_cmd.configure_parser(p)
+    p.set_defaults(func=models_cmd.run)
+
+    from engine import replay as replay_cmd
+
+    p = sub.add_parser("replay", help="re-score stored days with one model version into a separate lake prefix",
+                       description="Backfill: the lake's events from --from to --to through the stream's feature "
+                       "and scoring code, with --model (default: the live version), on the Dask cluster.")
+    replay_cmd.configure_parser(p)
+    p.set_defaults(func=replay_cmd.run)
+
+    from engine import labels_cmd
+
+    p = sub.add_parser("labels", help="late ground truth: ingest label files, live metrics per model version")
+    labels_cmd.configure_parser(p)
+    p.set_defaults(func=labels_cmd.run)
+
+    from engine import serve
+
+    p = sub.add_parser("serve", help="REST scoring API (FastAPI on uvicorn) over the registry's current model",
+                       description="POST /score, GET /health, /models, /reports; docs/serve.md.")
+    serve.configure_parser(p)
+    p.set_defaults(func=serve.run)
+
+    from engine import report_cmd
+
+    p = sub.add_parser("report", help="events, alarms and anomalies per key and day/week/month, from the lake",
+                       description="Count the lake's events per --by fields and period (docs/reports.md).")
+    report_cmd.configure_parser(p)
+    p.set_defaults(func=report_cmd.run)
     return parser
 
 
