@@ -38,10 +38,8 @@ def replay_partition(lake: str, days: list[list[str]], partition: int, cfg: Conf
     builder = FeatureBuilder(cfg.features, cfg.schema)
     writer = LakeWriter(out, time_field=cfg.schema.event_time.field, tz=cfg.lake.timezone)
     rows = alerts = 0
-    for paths in days:
-        if not paths:
-            continue
-        frame = read_partition(lake, paths).to_pandas()
+    for path in (p for paths in days for p in paths):  # file by file: memory holds one file's frame
+        frame = read_partition(lake, [path]).to_pandas()
         feats = builder.compute(frame)
         score = detector.score(feats.X)
         flagged = (score > detector.threshold) & feats.warm

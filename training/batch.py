@@ -58,13 +58,29 @@ def _column(table: pa.Table, name: str) -> pd.Series | None:
 
 def partition_features(root: str | os.PathLike[str], paths: list[str], partition: int, features: FeaturesConfig,
                        schema: Schema, label_field: str | None = None) -> PartitionRows:
-    """Read one partition's files of a day (only the columns needed) and compute their features."""
+    """Read one partition's files of a day (only the columns needed), file by file in offset order, and
+    compute their features; memory holds one file's frame at a time besides the float32 features."""
     wanted = input_columns(features, schema) + list(LIVE_COLUMNS) + ([label_field] if label_field else [])
-    table = read_partition(root, paths)  # the footer names the columns: project after, on what is there
-    table = table.select([c for c in dict.fromkeys(wanted) if c in table.column_names])
+    builder = FeatureBuilder(features, schema)
+    parts: list[PartitionRows] = []
+    for path in paths or [None]:
+        table = read_partition(root, [path] if path is not None else [])
+        table = table.select([c for c in dict.fromkeys(wanted) if c in table.column_names])
+        parts.append(_file_rows(table, builder, partition, label_field))
+    if len(parts) == 1:
+        return parts[0]
+    return PartitionRows(partition, *(np.concatenate([getattr(r, k) for r in parts])
+                                      for k in ("X", "warm", "live_score", "live_flag", "label")))
+
+
+def _file_rows(table: pa.Table, builder: FeatureBuilder, partition: int, label_field: str | None) -> PartitionRows:
     frame = table.to_pandas()
-    out = FeatureBuilder(features, schema).compute(frame)
     n = len(frame)
+    if n == 0:
+        width = len(builder.names)
+        return PartitionRows(partition, np.zeros((0, width), np.float32), np.zeros(0, bool), np.zeros(0),
+                             np.zeros(0, bool), np.zeros(0, np.int8))
+    out = builder.compute(frame)
     score = _column(table, "score")
     flag = _column(table, "is_anomaly")
     lab = _column(table, label_field) if label_field else None
