@@ -144,6 +144,9 @@ class LakeConfig(_Section):
     compact_target_rows: int = Field(default=1_000_000, gt=0)
     #: the per-key window results table (null = <path>/windows)
     windows_path: Path | None = None
+    #: where batch jobs (retrain, replay, reports) read the lake: a URL (s3://bucket/lake, gs://, hdfs://,
+    #: file://) when their workers do not share the engine's disk; null = path
+    read_url: str | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -323,6 +326,11 @@ class Config(_Section):
         if w.slide_s is not None and (w.slide_s > w.size_s or abs(w.size_s / w.slide_s - round(w.size_s / w.slide_s)) > 1e-9):
             msg = f"windows.slide_s: {w.slide_s} must divide windows.size_s ({w.size_s})"
             raise ConfigError(msg)
+
+    @property
+    def lake_url(self) -> str:
+        """Where batch jobs read the lake (``lake.read_url`` or ``lake.path``)."""
+        return self.lake.read_url if self.lake.read_url is not None else str(self.lake.path)
 
     @property
     def labels_path(self) -> Path:

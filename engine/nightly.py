@@ -188,7 +188,7 @@ class ReportTrigger:
             return False
         self._seen.add(mark)
         # the report's own ``key`` argument goes in a partial: ``submit(key=...)`` would name the Dask task
-        task = functools.partial(key_report, str(self.cfg.lake.path), key_field=self.cfg.schema.key, key=key,
+        task = functools.partial(key_report, self.cfg.lake_url, key_field=self.cfg.schema.key, key=key,
                                  day=day, period=r.trigger_period,
                                  alarm_field=r.alarm_field or self.cfg.windows.alarm_field)
         future = self.client.submit(task, pure=False)

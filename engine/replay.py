@@ -82,7 +82,7 @@ def run_replay(cfg: Config, start: dt.date, end: dt.date, client: Any, *, versio
     listed = {}
     for d in dates:
         try:
-            listed[d] = read_day(cfg.lake.path, d)
+            listed[d] = read_day(cfg.lake_url, d)
         except LakeError:
             continue  # a day without data in the range: nothing to replay for it
     if not listed:
@@ -91,7 +91,7 @@ def run_replay(cfg: Config, start: dt.date, end: dt.date, client: Any, *, versio
     partitions = sorted({p for day in listed.values() for p in day.partitions})
     t0 = time.perf_counter()
     model = client.scatter(detector, broadcast=True)
-    futures = [client.submit(replay_partition, str(cfg.lake.path),
+    futures = [client.submit(replay_partition, cfg.lake_url,
                              [listed[d].partitions.get(p, []) for d in sorted(listed)], p, cfg, model, str(target),
                              key=f"replay-{version}-{start}-{end}-p{p}-{time.time_ns()}") for p in partitions]
     done = 0

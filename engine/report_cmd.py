@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.format in ("csv", "json") and args.out is None
     try:
         with _progress(quiet) as advance:
-            frame = build_report(cfg.lake.path, client=client, progress=advance, **request)
+            frame = build_report(cfg.lake_url, client=client, progress=advance, **request)
     except ReportError as err:
         return _refuse(err)
     finally:

@@ -125,7 +125,7 @@ def _report(cfg: Config, start: str, end: str, by: str | None, period: str) -> d
     alarm = cfg.reports.alarm_field or cfg.windows.alarm_field
     try:
         first, last = parse_day(start, cfg.lake.timezone), parse_day(end, cfg.lake.timezone)
-        frame = build_report(cfg.lake.path, start=first, end=last, by=fields, period=cast(Period, period),
+        frame = build_report(cfg.lake_url, start=first, end=last, by=fields, period=cast(Period, period),
                              alarm_field=alarm, anomaly_field="is_anomaly", client=None)
     except ReportError as err:
         text = str(err)

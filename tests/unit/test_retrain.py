@@ -216,3 +216,15 @@ def test_models_promote_and_rollback(day1: tuple[Config, Detector], client: Clie
         models_cmd.promote(cfg, "nope", notify=False)
     shown = models_cmd.show(cfg, "current")
     assert shown["meta"]["lineage"]["kept_trees"] == 50
+
+
+def test_the_lake_is_read_through_a_url(day1: tuple[Config, Detector], client: Client) -> None:
+    cfg, _ = day1
+    url = config(cfg.lake.path.parent, label_field="label")
+    url = load("configs/demo.yaml", environ={}, overrides={**url.model_dump(mode="json", by_alias=True),
+                                                           "lake": {"path": str(cfg.lake.path),
+                                                                    "read_url": cfg.lake.path.as_uri()}})
+    assert url.lake_url.startswith("file://")
+    result = retrain.run(retrain_job(url, DAY), client)
+    assert result.status == "promoted" and result.rows > 0
+    assert json.loads((cfg.registry / result.version / "meta.json").read_text())["lineage"]["lake"] == url.lake_url
