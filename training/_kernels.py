@@ -96,16 +96,17 @@ def densify(feature, thr32, nan_left, left, right, leaf_value, tree_offset, tree
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _step(x, feat, thr, k, one):  # pragma: no cover - compiled
-    # unsigned indices: numba then emits no negative-index wraparound code in the innermost loop
-    return k + k + one + np.uint64(not (x[np.uint64(feat[k])] <= thr[k]))
+def _step(xb, row, fsc, thr, k, one):  # pragma: no cover - compiled
+    # unsigned indices: numba then emits no negative-index wraparound code in the innermost loop; the value is
+    # xb[feature * block + row], the feature already scaled, so one load and an addressing mode find it
+    return k + k + one + np.uint64(not (xb[row + np.uint64(fsc[k])] <= thr[k]))
 
 
 @numba.njit(cache=True, nogil=True)
-def _nan_walk(x, feat, thr, nan, height):  # pragma: no cover - compiled
+def _nan_walk(xb, row, fsc, thr, nan, height):  # pragma: no cover - compiled
     k = 0
     for _ in range(height):
-        v = x[feat[k]]
+        v = xb[row + fsc[k]]
         if v <= thr[k] or (np.isnan(v) and nan[k]):
             k = 2 * k + 1
         else:
@@ -118,9 +119,11 @@ def dense_path_sum(X, dfeat, dthr, dnan, dleaf, height, block):  # pragma: no co
     """Sum over trees of the leaf value for each row of ``X`` (float32, or float64 compared as float32) on the
     dense layout.
 
-    Each block of rows is copied into a float32 buffer as it is scored: a float64 matrix needs no float32 copy
-    of its own (for 1M x 7 rows, 28 MB written and read back, and its page faults), and the copy is where the
-    block is checked for NaN. ``np.float32(x)`` rounds as ``astype`` does; beyond float32 it is +-inf.
+    Each block of rows is copied, feature-major, into a float32 buffer as it is scored: row ``j``'s feature
+    ``f`` is at ``f * block + j``. A float64 matrix then needs no float32 copy of its own (for 1M x 7 rows,
+    28 MB written and read back, and its page faults), the copy is where the block is checked for NaN, and with
+    each tree's features scaled by ``block`` the eight walks share one base address (no register spills: ~20 %
+    faster than walking row views). ``np.float32(x)`` rounds as ``astype`` does; beyond float32 it is +-inf.
     """
     n, d = X.shape
     n_trees = dfeat.shape[0]
@@ -132,54 +135,53 @@ def dense_path_sum(X, dfeat, dthr, dnan, dleaf, height, block):  # pragma: no co
         lo = b * block
         m = min(lo + block, n) - lo
         acc = np.zeros(m)
-        xb = np.empty((m, d), dtype=np.float32)
+        xb = np.empty(d * block, dtype=np.float32)
+        fsc = np.empty(dfeat.shape[1], dtype=np.int64)
         has_nan = False
         for j in range(m):
             for f in range(d):
                 v = np.float32(X[lo + j, f])
-                xb[j, f] = v
+                xb[f * block + j] = v
                 if np.isnan(v):
                     has_nan = True
-        if has_nan:
-            for t in range(n_trees):
+        n_groups = m // 8
+        for t in range(n_trees):
+            ft = dfeat[t]
+            for q in range(ft.shape[0]):
+                fsc[q] = ft[q] * block
+            th = dthr[t]
+            lv = dleaf[t]
+            if has_nan:
                 for j in range(m):
-                    acc[j] += dleaf[t, _nan_walk(xb[j], dfeat[t], dthr[t], dnan[t], height) - n_int]
-        else:
-            n_groups = m // 8
-            for t in range(n_trees):
-                ft = dfeat[t]
-                th = dthr[t]
-                lv = dleaf[t]
-                for g in range(n_groups):
-                    r = 8 * g
-                    # eight independent walks, written out so they stay in registers
-                    x0, x1, x2, x3 = xb[r], xb[r + 1], xb[r + 2], xb[r + 3]
-                    x4, x5, x6, x7 = xb[r + 4], xb[r + 5], xb[r + 6], xb[r + 7]
-                    k0 = k1 = k2 = k3 = k4 = k5 = k6 = k7 = np.uint64(0)
-                    for _ in range(height):
-                        k0 = _step(x0, ft, th, k0, one)
-                        k1 = _step(x1, ft, th, k1, one)
-                        k2 = _step(x2, ft, th, k2, one)
-                        k3 = _step(x3, ft, th, k3, one)
-                        k4 = _step(x4, ft, th, k4, one)
-                        k5 = _step(x5, ft, th, k5, one)
-                        k6 = _step(x6, ft, th, k6, one)
-                        k7 = _step(x7, ft, th, k7, one)
-                    a = 8 * g
-                    acc[a] += lv[k0 - n_int]
-                    acc[a + 1] += lv[k1 - n_int]
-                    acc[a + 2] += lv[k2 - n_int]
-                    acc[a + 3] += lv[k3 - n_int]
-                    acc[a + 4] += lv[k4 - n_int]
-                    acc[a + 5] += lv[k5 - n_int]
-                    acc[a + 6] += lv[k6 - n_int]
-                    acc[a + 7] += lv[k7 - n_int]
-                for j in range(8 * n_groups, m):
-                    k = np.uint64(0)
-                    xj = xb[j]
-                    for _ in range(height):
-                        k = _step(xj, ft, th, k, one)
-                    acc[j] += lv[k - n_int]
+                    acc[j] += lv[_nan_walk(xb, j, fsc, th, dnan[t], height) - n_int]
+                continue
+            for g in range(n_groups):
+                r = np.uint64(8 * g)
+                # eight independent walks, written out so they stay in registers
+                k0 = k1 = k2 = k3 = k4 = k5 = k6 = k7 = np.uint64(0)
+                for _ in range(height):
+                    k0 = _step(xb, r, fsc, th, k0, one)
+                    k1 = _step(xb, r + np.uint64(1), fsc, th, k1, one)
+                    k2 = _step(xb, r + np.uint64(2), fsc, th, k2, one)
+                    k3 = _step(xb, r + np.uint64(3), fsc, th, k3, one)
+                    k4 = _step(xb, r + np.uint64(4), fsc, th, k4, one)
+                    k5 = _step(xb, r + np.uint64(5), fsc, th, k5, one)
+                    k6 = _step(xb, r + np.uint64(6), fsc, th, k6, one)
+                    k7 = _step(xb, r + np.uint64(7), fsc, th, k7, one)
+                a = 8 * g
+                acc[a] += lv[k0 - n_int]
+                acc[a + 1] += lv[k1 - n_int]
+                acc[a + 2] += lv[k2 - n_int]
+                acc[a + 3] += lv[k3 - n_int]
+                acc[a + 4] += lv[k4 - n_int]
+                acc[a + 5] += lv[k5 - n_int]
+                acc[a + 6] += lv[k6 - n_int]
+                acc[a + 7] += lv[k7 - n_int]
+            for j in range(8 * n_groups, m):
+                k = np.uint64(0)
+                for _ in range(height):
+                    k = _step(xb, np.uint64(j), fsc, th, k, one)
+                acc[j] += lv[k - n_int]
         for j in range(m):
             out[lo + j] = acc[j]
     return out

@@ -381,8 +381,8 @@ def hull_extended(scores: np.ndarray, X: np.ndarray, lo: np.ndarray, hi: np.ndar
     >>> hull_extended(np.array([0.6, 0.6]), np.array([[0.5], [3.0]]), np.array([0.0]), np.array([1.0])).round(3)
     array([0.6  , 0.933])
     """
-    # one compiled pass over the rows (training._kernels.hull_extend), ~40x the NumPy form's temporaries; imported
-    # here so that this function stays the only part of the module it touches
+    # one compiled pass over the rows, the NumPy form's arithmetic element by element: ~20x faster, without its
+    # four (n, d) temporaries (1M x 7 rows: 5M -> 100M rows/s)
     from training._kernels import hull_extend
 
     X = np.asarray(X)

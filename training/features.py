@@ -50,10 +50,12 @@ resolution between z = 2 and z = 20.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.keys import key_codes
@@ -176,7 +178,7 @@ class KeyState:
 
     _ARRAYS = ("fstate", "ring_v", "ring_t", "ring_s", "kstate", "tring", "shring")
 
-    def codes_for(self, keys: pd.Series) -> np.ndarray:
+    def codes_for(self, keys: Any) -> np.ndarray:
         """Integer codes for ``keys``, growing the arrays (by doubling) for keys never seen before."""
         codes, self.index = key_codes(keys, self.index)
         if len(self.index) > len(self.kstate):
@@ -212,7 +214,6 @@ class KeyState:
         return state
 
 
-
 class FeatureBuilder:
     """Turns a decoded batch into the model's feature matrix, keeping per-key state across batches.
 
@@ -236,24 +237,38 @@ class FeatureBuilder:
                    f"config {len(self._fields)} and {cfg.baseline.events}")
             raise FeatureError(msg)
         self.names: tuple[str, ...] = tuple(self._names())
+        self._sentinels = np.asarray(cfg.sentinels, dtype=np.float64)
 
     def _names(self) -> list[str]:
+        """The feature names in matrix order; records the column each kernel output goes to (-1: not kept)."""
         c = self.cfg
         names: list[str] = []
-        for f in self._fields:
+
+        def add(name: str) -> int:
+            names.append(name)
+            return len(names) - 1
+
+        self._fcols = np.full((len(self._fields), K.N_FOUT), -1, dtype=np.int64)
+        for j, f in enumerate(self._fields):
+            cols = self._fcols[j]
             if c.keep_levels:
-                names.append(f)
-            names += [f"{f}_z", f"{f}_rz"]
+                cols[K.O_LEVEL] = add(f)
+            cols[K.O_Z], cols[K.O_RZ] = add(f"{f}_z"), add(f"{f}_rz")
             if c.deltas:
-                names += [f"{f}_delta", f"{f}_repeat"]
-            names.append(f"{f}_missing")
+                cols[K.O_DELTA], cols[K.O_REPEAT] = add(f"{f}_delta"), add(f"{f}_repeat")
+            cols[K.O_MISSING] = add(f"{f}_missing")
+        self._kcols = np.full(K.N_KOUT, -1, dtype=np.int64)
         if c.rate:
-            names += ["count_w", "dt_s", "dt_ratio"] if c.keep_levels else ["dt_ratio"]
+            if c.keep_levels:
+                self._kcols[K.O_COUNT_W], self._kcols[K.O_DT] = add("count_w"), add("dt_s")
+            self._kcols[K.O_DT_RATIO] = add("dt_ratio")
         sh = c.shingle_field()
+        self._shcol = len(names) if sh is not None else -1
         if sh is not None:
             names += [f"{sh}_lag{j}" for j in range(1, self._sh_size)]
-        if c.ratio:
-            names.append(f"ratio_{c.ratio[0]}_{c.ratio[1]}")
+        self._ratio_col = add(f"ratio_{c.ratio[0]}_{c.ratio[1]}") if c.ratio else -1
+        # the columns filled in Python, after the kernel
+        self._extra_col = len(names)
         if c.time_of_day:
             names += ["tod_sin", "tod_cos"]
         if c.day_of_week:
@@ -261,69 +276,95 @@ class FeatureBuilder:
         names += [f"{name}_hash" for name in c.categorical]
         return names
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame | pa.Table) -> np.ndarray:
         """The (n_rows, n_features) float64 matrix for ``frame``; updates the per-key state."""
         return self.compute(frame).X
 
-    def compute(self, frame: pd.DataFrame) -> Features:
-        """Features and warm-up flags for ``frame`` (rows in arrival order); updates the per-key state."""
+    def compute(self, frame: pd.DataFrame | pa.Table) -> Features:
+        """Features and warm-up flags for ``frame`` (rows in arrival order); updates the per-key state.
+
+        ``frame`` is a decoded batch (the stream's), or a ``pyarrow.Table`` as read from the lake (no pandas
+        conversion); either gives the same features. A dictionary-encoded key column (pandas ``Categorical``,
+        or Parquet read with ``read_dictionary=[key]``) is coded through its dictionary instead of hashing every
+        row's key (see :func:`streams.keys.key_codes`).
+        """
         c = self.cfg
         time_field = self.schema.event_time.field
+        columns = frame.column_names if isinstance(frame, pa.Table) else list(frame.columns)
         needed = set(self._fields) | set(c.ratio or ()) | {time_field} | set(c.categorical)
-        missing_cols = sorted(needed - set(frame.columns))
+        missing_cols = sorted(needed - set(columns))
         if missing_cols:
-            msg = f"features: batch lacks columns {missing_cols} (has {list(frame.columns)})"
+            msg = f"features: batch lacks columns {missing_cols} (has {columns})"
             raise FeatureError(msg)
         n = len(frame)
-        seconds = frame[time_field].dt.as_unit("us").astype("int64").to_numpy() / 1e6
-        vals = np.column_stack([self._numeric(frame, f) for f in self._fields]) if self._fields else np.empty((n, 0))
-        missing = ~np.isfinite(vals)
-        keys = frame[self.schema.key] if self.schema.key else pd.Series(np.zeros(n, dtype=np.int8))
+        micros = _micros(_column(frame, time_field), time_field)
+        fields = [np.ascontiguousarray(_floats(_column(frame, name), name)) for name in self._fields]
+        # (n_fields, n_rows): one field (the usual case) is its column itself, without a copy
+        vals = fields[0][None, :] if len(fields) == 1 else np.stack(fields) if fields else np.empty((0, n))
+        if c.ratio:
+            num, den = (_floats(_column(frame, name), name) for name in c.ratio)
+        else:
+            num = den = np.zeros(0)
+        keys = _column(frame, self.schema.key) if self.schema.key else np.zeros(n, dtype=np.int8)
         codes = self.state.codes_for(keys)
         s, b = self.state, c.baseline
-        # feature-major outputs: every column the matrix is stacked from is contiguous
-        fout = np.empty((len(self._fields), K.N_FOUT, n))
-        kout = np.empty((K.N_KOUT, n))
-        shout = np.empty((max(self._sh_size - 1, 1), n))
-        K.update(codes, seconds, vals, missing, 2.0 / (b.ewm_span + 1.0), c.impute == "mean", b.protect_z,
-                 float(b.protect_max_events), float(b.max_age_s or 0.0), b.rate_window_s, c.rate and c.keep_levels,
-                 float(c.warmup_events),
-                 self._sh_field, self._sh_size, s.fstate, s.ring_v, s.ring_t, s.ring_s, s.kstate, s.tring,
-                 s.shring, fout, kout, shout)
-        cols: list[np.ndarray] = []
-        for j in range(len(self._fields)):
-            if c.keep_levels:
-                cols.append(fout[j, K.O_LEVEL])
-            cols += [np.arcsinh(fout[j, K.O_Z]), np.arcsinh(fout[j, K.O_RZ])]
-            if c.deltas:
-                cols += [np.arcsinh(fout[j, K.O_DELTA]), np.log1p(fout[j, K.O_REPEAT])]
-            cols.append(fout[j, K.O_MISSING])
-        if c.rate:
-            if c.keep_levels:
-                cols += [kout[K.O_COUNT_W], kout[K.O_DT]]
-            cols.append(kout[K.O_DT_RATIO])
-        if self._sh_size > 1:
-            cols += [np.arcsinh(shout[j]) for j in range(self._sh_size - 1)]
-        if c.ratio:
-            num, den = self._numeric(frame, c.ratio[0]), self._numeric(frame, c.ratio[1])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cols.append(np.where(den != 0, num / den, np.nan))
+        X = np.empty((n, len(self.names)))
+        warm = np.empty(n, dtype=np.bool_)
+        K.update(codes, micros, vals, self._sentinels, num, den, 2.0 / (b.ewm_span + 1.0), c.impute == "mean",
+                 b.protect_z, float(b.protect_max_events), float(b.max_age_s or 0.0), b.rate_window_s,
+                 c.rate and c.keep_levels, float(c.warmup_events), self._sh_field, self._sh_size, s.fstate,
+                 s.ring_v, s.ring_t, s.ring_s, s.kstate, s.tring, s.shring, X, self._fcols, self._kcols,
+                 self._shcol, self._ratio_col, warm, K.LOG1P_TABLE)
+        j = self._extra_col
+        if c.time_of_day or c.day_of_week:
+            seconds = micros / 1e6
         if c.time_of_day:
             phase = 2 * np.pi * (seconds % 86_400.0) / 86_400.0
-            cols += [np.sin(phase), np.cos(phase)]
+            X[:, j], X[:, j + 1] = np.sin(phase), np.cos(phase)
+            j += 2
         if c.day_of_week:
             # 1970-01-01 was a Thursday: shift so the phase starts on Monday
             phase = 2 * np.pi * (((seconds / 86_400.0) + 3.0) % 7.0) / 7.0
-            cols += [np.sin(phase), np.cos(phase)]
+            X[:, j], X[:, j + 1] = np.sin(phase), np.cos(phase)
+            j += 2
         for name, buckets in c.categorical.items():
-            hashed = pd.util.hash_array(frame[name].astype("string").fillna("").to_numpy(dtype=object))
-            cols.append((hashed % np.uint64(buckets)).astype(np.float64) / buckets)
-        X = np.column_stack(cols) if cols else np.empty((n, 0))
-        return Features(X, kout[K.O_WARM] > 0)
+            values = _column(frame, name)
+            if not isinstance(values, pd.Series):
+                values = values.to_pandas()
+            hashed = pd.util.hash_array(values.astype("string").fillna("").to_numpy(dtype=object))
+            X[:, j] = (hashed % np.uint64(buckets)).astype(np.float64) / buckets
+            j += 1
+        return Features(X, warm)
 
-    def _numeric(self, frame: pd.DataFrame, name: str) -> np.ndarray:
-        """A field as float64 with missing values and sentinels as NaN."""
-        x = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-        if self.cfg.sentinels:
-            x = np.where(np.isin(x, np.asarray(self.cfg.sentinels, dtype=np.float64)), np.nan, x)
-        return x
+
+def _column(frame: pd.DataFrame | pa.Table, name: str) -> pd.Series | pa.ChunkedArray:
+    return frame.column(name) if isinstance(frame, pa.Table) else frame[name]
+
+
+def _floats(column: pd.Series | pa.ChunkedArray, name: str) -> np.ndarray:
+    """A numeric field as float64, missing values as NaN (a float64 column as it is, without a copy)."""
+    if isinstance(column, pa.ChunkedArray):
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                or pa.types.is_boolean(column.type)):
+            msg = f"features: field {name!r} has arrow type {column.type}; features must be numeric"
+            raise FeatureError(msg)
+        # unsafe: a large integer rounds to the nearest float64, as pandas' to_numpy does, instead of raising
+        column = pc.fill_null(column.cast(pa.float64(), safe=False), np.nan)
+        return np.asarray(column.to_numpy())
+    if column.dtype == np.float64:
+        return column.to_numpy()
+    try:
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError) as err:
+        msg = f"features: field {name!r} of dtype {column.dtype} is not numeric ({err})"
+        raise FeatureError(msg) from None
+
+
+def _micros(column: pd.Series | pa.ChunkedArray, name: str) -> np.ndarray:
+    """Event times as int64 µs since the epoch."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.to_pandas()
+    if not isinstance(column.dtype, pd.DatetimeTZDtype) and column.dtype.kind != "M":
+        msg = f"features: event time field {name!r} has dtype {column.dtype}, expected timestamps"
+        raise FeatureError(msg)
+    return column.dt.as_unit("us").astype("int64").to_numpy()
