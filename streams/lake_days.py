@@ -86,11 +86,13 @@ def read_day(root: str | os.PathLike[str], date: str | dt.date) -> LakeDay:
     return LakeDay(str(doc.get("date", date)), parts, rows, closed, after, digest)
 
 
-def read_partition(root: str | os.PathLike[str], paths: list[str], columns: list[str] | None = None) -> pa.Table:
-    """The rows of one partition's files of a day, in offset order, with only ``columns``."""
+def read_partition(root: str | os.PathLike[str], paths: list[str], columns: list[str] | None = None, *,
+                   dictionary: list[str] | None = None) -> pa.Table:
+    """The rows of one partition's files of a day, in offset order, with only ``columns``; ``dictionary``
+    columns come dictionary-encoded (a key column is then coded per distinct value, not per row)."""
     fs, _ = filesystem(root)
     try:
-        tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in paths]
+        tables = [pq.read_table(p, columns=columns, filesystem=fs, read_dictionary=dictionary) for p in paths]
     except FileNotFoundError as err:
         msg = f"lake: a listed file is gone ({err}); is a compaction running on this day?"
         raise LakeError(msg) from None

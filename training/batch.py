@@ -63,10 +63,12 @@ def partition_features(root: str | os.PathLike[str], paths: list[str], partition
     wanted = input_columns(features, schema) + list(LIVE_COLUMNS) + ([label_field] if label_field else [])
     builder = FeatureBuilder(features, schema)
     parts: list[PartitionRows] = []
-    for path in paths or [None]:
-        table = read_partition(root, [path] if path is not None else [])
+    for path in paths:
+        table = read_partition(root, [path], dictionary=[schema.key] if schema.key else None)
         table = table.select([c for c in dict.fromkeys(wanted) if c in table.column_names])
         parts.append(_file_rows(table, builder, partition, label_field))
+    if not parts:
+        parts.append(_file_rows(pa.table({}), builder, partition, label_field))
     if len(parts) == 1:
         return parts[0]
     return PartitionRows(partition, *(np.concatenate([getattr(r, k) for r in parts])
@@ -74,13 +76,12 @@ def partition_features(root: str | os.PathLike[str], paths: list[str], partition
 
 
 def _file_rows(table: pa.Table, builder: FeatureBuilder, partition: int, label_field: str | None) -> PartitionRows:
-    frame = table.to_pandas()
-    n = len(frame)
+    n = table.num_rows
     if n == 0:
         width = len(builder.names)
         return PartitionRows(partition, np.zeros((0, width), np.float32), np.zeros(0, bool), np.zeros(0),
                              np.zeros(0, bool), np.zeros(0, np.int8))
-    out = builder.compute(frame)
+    out = builder.compute(table)  # Arrow in: dictionary-coded keys skip hashing every string
     score = _column(table, "score")
     flag = _column(table, "is_anomaly")
     lab = _column(table, label_field) if label_field else None
