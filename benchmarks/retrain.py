@@ -74,7 +74,7 @@ def warm_up(cfg: Any) -> None:
     """Run the feature layer, the builder and the scorer once on a few rows (the kernels' first calls)."""
     from engine.synthetic import fit_champion, station_day
 
-    frame = station_day(DAY, 3_000, seed=1)
+    frame = station_day(DAY, 12_000, seed=1)  # enough events per key to pass their warm-up
     det = fit_champion(cfg, frame, rows=1_000)
     det.score(np.zeros((10, len(det.feature_names))))
 

@@ -13,4 +13,5 @@ def retrain_job(cfg: Config, day: dt.date, *, force: bool = False) -> RetrainJob
     m = cfg.model
     return RetrainJob(lake=cfg.lake_url, registry=cfg.registry, day=day, features=cfg.features,
                       schema=cfg.schema, settings=cfg.retrain, n_trees=m.n_trees, max_samples=m.max_samples,
-                      contamination=m.contamination, fixed_threshold=m.fixed_threshold, seed=m.seed, force=force)
+                      contamination=m.contamination, fixed_threshold=m.fixed_threshold, seed=m.seed, force=force,
+                      labels_path=cfg.labels_path)

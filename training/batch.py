@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,22 +58,66 @@ def _column(table: pa.Table, name: str) -> pd.Series | None:
 
 
 def partition_features(root: str | os.PathLike[str], paths: list[str], partition: int, features: FeaturesConfig,
-                       schema: Schema, label_field: str | None = None) -> PartitionRows:
+                       schema: Schema, label_field: str | None = None,
+                       known: tuple[np.ndarray, np.ndarray] | None = None) -> PartitionRows:
     """Read one partition's files of a day (only the columns needed), file by file in offset order, and
-    compute their features; memory holds one file's frame at a time besides the float32 features."""
+    compute their features; memory holds one file's frame at a time besides the float32 features.
+
+    ``known`` = (offsets, labels) of this partition from the label store: they override ``label_field``.
+    """
     wanted = input_columns(features, schema) + list(LIVE_COLUMNS) + ([label_field] if label_field else [])
+    if known is not None:
+        wanted.append("kafka_offset")
     builder = FeatureBuilder(features, schema)
     parts: list[PartitionRows] = []
     for path in paths:
         table = read_partition(root, [path], dictionary=[schema.key] if schema.key else None)
         table = table.select([c for c in dict.fromkeys(wanted) if c in table.column_names])
-        parts.append(_file_rows(table, builder, partition, label_field))
+        rows = _file_rows(table, builder, partition, label_field)
+        if known is not None and rows.rows and "kafka_offset" in table.column_names:
+            _apply_labels(rows, table.column("kafka_offset").to_numpy(), *known)
+        parts.append(rows)
     if not parts:
         parts.append(_file_rows(pa.table({}), builder, partition, label_field))
     if len(parts) == 1:
         return parts[0]
     return PartitionRows(partition, *(np.concatenate([getattr(r, k) for r in parts])
                                       for k in ("X", "warm", "live_score", "live_flag", "label")))
+
+
+def _apply_labels(rows: PartitionRows, offsets: np.ndarray, known_offsets: np.ndarray,
+                  known_labels: np.ndarray) -> None:
+    """Set the label of the rows whose offset the store has a label for (``known_offsets`` sorted)."""
+    if not len(known_offsets):
+        return
+    at = np.clip(np.searchsorted(known_offsets, offsets), 0, len(known_offsets) - 1)
+    hit = known_offsets[at] == offsets
+    rows.label[hit] = (known_labels[at[hit]] > 0).astype(np.int8)
+
+
+def stored_labels(labels_path: Path, lake: str, day: str, *, key_field: str | None,
+                  time_field: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Late labels of ``day`` from the label store, as (sorted offsets, labels) per partition; {} without any.
+
+    Labels given by key and event time are resolved to the lake's partition and offset by the join.
+    """
+    import datetime as dt
+
+    from training.label_metrics import join_predictions
+    from training.label_store import LabelStore
+
+    if not labels_path.is_dir():
+        return {}
+    labels = LabelStore(labels_path).read()
+    if labels.empty:
+        return {}
+    matched = join_predictions(lake, labels, key_field=key_field, time_field=time_field,
+                               days=[dt.date.fromisoformat(day)]).matched
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for p, group in matched.groupby("kafka_partition"):
+        g = group.sort_values("kafka_offset")
+        out[int(p)] = (g["kafka_offset"].to_numpy(np.int64), g["label"].to_numpy(np.int64))
+    return out
 
 
 def _file_rows(table: pa.Table, builder: FeatureBuilder, partition: int, label_field: str | None) -> PartitionRows:

@@ -47,6 +47,7 @@ from training.batch import (
     partition_features,
     sample_seed,
     score_partition,
+    stored_labels,
     summarise,
 )
 from training.builder import build_forest
@@ -106,6 +107,8 @@ class RetrainJob:
     fixed_threshold: float | None = None
     seed: int = 0
     force: bool = False
+    #: the label store (late labels by offset or key + time); its labels of the day join the evaluation
+    labels_path: Path | None = None
 
 
 @dataclass
@@ -218,9 +221,11 @@ def _retrain(job: RetrainJob, client: Any, day: LakeDay, champion: Detector | No
     parts = sorted(day.partitions)
     token = day.fingerprint[:12]
     t = time.perf_counter()
+    known = stored_labels(job.labels_path, job.lake, date, key_field=job.schema.key,
+                          time_field=job.schema.event_time.field) if job.labels_path is not None else {}
     # the feature matrices stay on the workers that computed them until the scoring pass is done
     rows = [client.submit(partition_features, job.lake, day.partitions[p], p, job.features, job.schema,
-                          s.label_field, key=f"retrain-features-{date}-p{p}-{token}") for p in parts]
+                          s.label_field, known.get(p), key=f"retrain-features-{date}-p{p}-{token}") for p in parts]
     per_part = max(s.sample_rows, 2)
     samples = [client.submit(draw_sample, r, per_part, sample_seed(job.seed, date, p),
                              key=f"retrain-sample-{date}-p{p}-{token}") for r, p in zip(rows, parts, strict=True)]
@@ -255,7 +260,8 @@ def _retrain(job: RetrainJob, client: Any, day: LakeDay, champion: Detector | No
                 "keep_share": s.keep_share, "hull": candidate.hull is not None,
                 "sample_includes_alerts": regime},
         metrics=metrics,
-        lineage={**lineage, "lake": str(job.lake), "fingerprint": day.fingerprint, "rows": day.rows,
+        lineage={**lineage, "lake": str(job.lake), "stored_labels": int(sum(len(o) for o, _ in known.values())),
+                 "fingerprint": day.fingerprint, "rows": day.rows,
                  "partitions": parts, "rows_after_close": day.rows_after_close, "closed": day.closed})
     while (job.registry / candidate.version).exists():  # same trees in the same second: never overwrite one
         candidate.base_version += "-b"

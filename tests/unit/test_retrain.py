@@ -228,3 +228,25 @@ def test_the_lake_is_read_through_a_url(day1: tuple[Config, Detector], client: C
     result = retrain.run(retrain_job(url, DAY), client)
     assert result.status == "promoted" and result.rows > 0
     assert json.loads((cfg.registry / result.version / "meta.json").read_text())["lineage"]["lake"] == url.lake_url
+
+
+def test_late_labels_from_the_store_join_the_evaluation(tmp_path: Path, seed: int, client: Client) -> None:
+    from training.labels import parse_labels
+    from training.label_store import LabelStore
+
+    cfg = config(tmp_path, label_field=None)
+    frame = station_day(DAY, N, seed=seed)
+    champion = fit_champion(cfg, frame)
+    champion.save(cfg.registry / champion.version)
+    set_current(cfg.registry, champion.version)
+    write_scored_day(cfg, frame, champion)
+    labelled = frame.sample(n=10_000, random_state=0)  # a desk confirms a part of the day, late
+    store = LabelStore(cfg.labels_path)
+    store.add(parse_labels(labelled.rename(columns={"_partition": "partition", "_offset": "offset"})
+                           [["partition", "offset", "label"]]).labels)
+    result = retrain.run(retrain_job(cfg, DAY), client)
+    meta = json.loads((cfg.registry / result.version / "meta.json").read_text())
+    assert meta["lineage"]["stored_labels"] == 10_000
+    assert 0 < result.metrics["labelled_rows"] <= 10_000
+    assert result.metrics["labelled_anomalies"] > 0 and result.metrics["candidate_auc"] is not None
+    assert "labels" in result.reason  # the gate decided on them
