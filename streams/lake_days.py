@@ -88,11 +88,20 @@ def read_day(root: str | os.PathLike[str], date: str | dt.date) -> LakeDay:
 
 def read_partition(root: str | os.PathLike[str], paths: list[str], columns: list[str] | None = None, *,
                    dictionary: list[str] | None = None) -> pa.Table:
-    """The rows of one partition's files of a day, in offset order, with only ``columns``; ``dictionary``
-    columns come dictionary-encoded (a key column is then coded per distinct value, not per row)."""
+    """The rows of one partition's files of a day, in offset order, with only those of ``columns`` each file
+    has (older files may lack newer columns); ``dictionary`` columns come dictionary-encoded (a key column is
+    then coded per distinct value, not per row)."""
     fs, _ = filesystem(root)
+
+    def read(path: str) -> pa.Table:
+        if columns is None:
+            return pq.read_table(path, filesystem=fs, read_dictionary=dictionary)
+        f = pq.ParquetFile(path, filesystem=fs, read_dictionary=dictionary)
+        have = set(f.schema_arrow.names)
+        return f.read(columns=[c for c in columns if c in have])
+
     try:
-        tables = [pq.read_table(p, columns=columns, filesystem=fs, read_dictionary=dictionary) for p in paths]
+        tables = [read(p) for p in paths]
     except FileNotFoundError as err:
         msg = f"lake: a listed file is gone ({err}); is a compaction running on this day?"
         raise LakeError(msg) from None

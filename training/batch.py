@@ -71,8 +71,8 @@ def partition_features(root: str | os.PathLike[str], paths: list[str], partition
     builder = FeatureBuilder(features, schema)
     parts: list[PartitionRows] = []
     for path in paths:
-        table = read_partition(root, [path], dictionary=[schema.key] if schema.key else None)
-        table = table.select([c for c in dict.fromkeys(wanted) if c in table.column_names])
+        table = read_partition(root, [path], list(dict.fromkeys(wanted)),
+                               dictionary=[schema.key] if schema.key else None)
         rows = _file_rows(table, builder, partition, label_field)
         if known is not None and rows.rows and "kafka_offset" in table.column_names:
             _apply_labels(rows, table.column("kafka_offset").to_numpy(), *known)
