@@ -34,6 +34,9 @@ def replay_partition(lake: str, days: list[list[str]], partition: int, cfg: Conf
     from streams.lake_days import read_partition
     from training.features import FeatureBuilder
 
+    import numba
+
+    numba.set_num_threads(1)  # a task per partition is the parallelism (see training.batch.score_partition)
     fields = [f.name for f in cfg.schema.fields]
     builder = FeatureBuilder(cfg.features, cfg.schema)
     writer = LakeWriter(out, time_field=cfg.schema.event_time.field, tz=cfg.lake.timezone)

@@ -230,6 +230,11 @@ def score_partition(rows: PartitionRows, detector: Detector, champion: Detector 
     scored with ``champion`` on the *same* recomputed features, so AUC and AP compare the two models on equal
     terms (the live scores came from features with history from earlier days; these start cold).
     """
+    import numba
+
+    # a task per partition and a Dask thread per core are the parallelism: a numba pool inside each task
+    # would oversubscribe the cores (the setting is this thread's own)
+    numba.set_num_threads(1)
     s = detector.score(rows.X) if rows.rows else np.zeros(0)
     w = rows.warm
     unknown = w & (rows.label != 1)
