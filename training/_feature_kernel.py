@@ -278,7 +278,10 @@ def update(codes, micros, vals, sentinels, ratio_num, ratio_den, alpha, impute_m
             if cols[O_DELTA] >= 0:
                 row[cols[O_DELTA]] = np.arcsinh(delta)
             if cols[O_REPEAT] >= 0:
-                row[cols[O_REPEAT]] = log1p_table[int(same)] if same < n_table else np.log1p(same)
+                # shown up to the ring's length: a value repeated for a whole baseline is as stuck as it gets,
+                # and a field constant per key (an alarm threshold) must not drift out of the trees' range
+                shown = min(same, float(cap))
+                row[cols[O_REPEAT]] = log1p_table[int(shown)] if shown < n_table else np.log1p(shown)
             if f == sh_field and sh_size > 1:
                 sn = int(kstate[k, K_SH_N])
                 sh_head = int(kstate[k, K_SH_HEAD])

@@ -11,7 +11,8 @@ gets a per-key baseline, and the features are deviations from it:
   older than ``baseline.max_age_s``); ``<f>_z``: z-score against an exponentially weighted mean/std
   (``baseline.ewm_span`` events), the longer memory that still shows a regime after the short window would
   have absorbed it; ``<f>_delta``: the change from the key's previous value, in baseline scales;
-  ``<f>_repeat``: how many times in a row the key repeated this exact value (a stuck sensor);
+  ``<f>_repeat``: how many times in a row the key repeated this exact value (a stuck sensor), up to
+  ``baseline.events`` (log1p);
   ``<f>_missing``: 1 when the value was absent or a sentinel and was imputed.
 - per key: ``count_w`` (its events in the last ``baseline.rate_window_s``), ``dt_s`` (time since its previous
   event) and ``dt_ratio`` (log of that gap over the key's usual gap).

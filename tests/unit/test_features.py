@@ -69,7 +69,7 @@ def _reference(frame: pd.DataFrame, cfg: FeaturesConfig, fields: list[str]) -> d
             out.setdefault(f"{f}_rz", []).append(rz)
             out.setdefault(f"{f}_z", []).append(z)
             out.setdefault(f"{f}_delta", []).append(delta)
-            out.setdefault(f"{f}_repeat", []).append(same)
+            out.setdefault(f"{f}_repeat", []).append(min(same, cfg.baseline.events))
             out.setdefault(f"{f}_missing", []).append(float(miss))
             if f == sh:
                 prev = ks["hist"]
@@ -257,3 +257,20 @@ def test_config_names_unknown_or_non_numeric_fields() -> None:
     with pytest.raises(FeatureError, match="shingle.field"):
         FeatureBuilder(FeaturesConfig(numeric=("value",), shingle=ShingleConfig(field="valueThreshold", size=3)),
                        STATION_ALARM)
+
+
+def test_the_repeat_count_is_shown_up_to_the_baseline_length() -> None:
+    """A field constant per key (an alarm threshold) must not grow a feature without bound: past the ring's
+    length, a repeated value reads as a full ring of repeats."""
+    cfg = FeaturesConfig(numeric=("value", "valueThreshold"), ratio=None)
+    n = 5 * cfg.baseline.events
+    frame = pd.DataFrame({"station_id": "S", "datapoint_id": "k", "alarm_id": "",
+                          "event_time": pd.date_range("2026-11-24", periods=n, freq="s", tz="UTC"),
+                          "value": np.arange(n, dtype=float), "valueThreshold": 10.0, "isActive": False})
+    fb = FeatureBuilder(cfg, STATION_ALARM)
+    col = fb.names.index("valueThreshold_repeat")
+    rep = fb.compute(frame).X[:, col]
+    assert rep[: cfg.baseline.events + 1].tolist() == np.log1p(np.arange(cfg.baseline.events + 1)).tolist()
+    assert (rep[cfg.baseline.events:] == np.log1p(cfg.baseline.events)).all()
+    assert (fb.compute(frame.assign(event_time=frame["event_time"] + pd.Timedelta(days=1))).X[:, col]
+            == np.log1p(cfg.baseline.events)).all()  # and across batches
