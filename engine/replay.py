@@ -30,11 +30,11 @@ class ReplayError(RuntimeError):
 def replay_partition(lake: str, days: list[list[str]], partition: int, cfg: Config, detector: Any,
                      out: str) -> dict[str, int]:
     """Re-score one partition's files of every day in order; returns its counts."""
+    import numba
+
     from streams.lake import LakeWriter
     from streams.lake_days import read_partition
     from training.features import FeatureBuilder
-
-    import numba
 
     numba.set_num_threads(1)  # a task per partition is the parallelism (see training.batch.score_partition)
     fields = [f.name for f in cfg.schema.fields]

@@ -114,8 +114,10 @@ def stored_labels(labels_path: Path, lake: str, day: str, *, key_field: str | No
     matched = join_predictions(lake, labels, key_field=key_field, time_field=time_field,
                                days=[dt.date.fromisoformat(day)]).matched
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for p, group in matched.groupby("kafka_partition"):
-        g = group.sort_values("kafka_offset")
+    matched = matched.sort_values(["kafka_partition", "kafka_offset"])
+    parts = matched["kafka_partition"].to_numpy(np.int64)
+    for p in np.unique(parts).tolist():
+        g = matched[parts == p]
         out[int(p)] = (g["kafka_offset"].to_numpy(np.int64), g["label"].to_numpy(np.int64))
     return out
 

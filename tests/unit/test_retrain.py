@@ -231,8 +231,8 @@ def test_the_lake_is_read_through_a_url(day1: tuple[Config, Detector], client: C
 
 
 def test_late_labels_from_the_store_join_the_evaluation(tmp_path: Path, seed: int, client: Client) -> None:
-    from training.labels import parse_labels
     from training.label_store import LabelStore
+    from training.labels import parse_labels
 
     cfg = config(tmp_path, label_field=None)
     frame = station_day(DAY, N, seed=seed)
