@@ -28,6 +28,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="the lake day to retrain on: YYYY-MM-DD, 'yesterday' or 'today' (in lake.timezone)")
     p.add_argument("--force", action="store_true",
                    help="retrain a day that is not closed yet, or add another version for a retrained day")
+    p.add_argument("--no-notify", action="store_true",
+                   help="after a promotion, do not send a swap command on the control topic (CURRENT moves anyway)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
 
 
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
                 result = retrain.run(job, client, progress=progress)
     doc = result.to_json()
+    if result.status == "promoted" and not args.no_notify:
+        from engine.models_cmd import notify_engine
+
+        doc["notified"] = notify_engine(cfg, str(result.version))  # engines follow CURRENT either way
     if args.json:
         print(json.dumps(doc, default=str))
     else:
