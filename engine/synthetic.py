@@ -111,3 +111,15 @@ def write_scored_day(cfg: Config, frame: pd.DataFrame, det: Detector, *, close: 
     if close:
         close_day(cfg.lake.path, day)
     return cfg.lake.path / f"date={day.isoformat()}"
+
+
+def scored_day_with_champion(cfg: Config, frame: pd.DataFrame, *, rows: int = 5_000, close: bool = True) -> Detector:
+    """A day as the engine leaves it: a first model fitted on its start, registered as ``CURRENT``, and the day
+    scored by it in the lake (closed unless ``close`` is false). Returns the model."""
+    from training.current import set_current
+
+    champion = fit_champion(cfg, frame, rows=rows)
+    champion.save(cfg.registry / champion.version)
+    set_current(cfg.registry, champion.version)
+    write_scored_day(cfg, frame, champion, close=close)
+    return champion

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from engine.config import load
-from engine.synthetic import fit_champion, station_day, write_scored_day
+from engine.synthetic import scored_day_with_champion, station_day
 from streams.lake import read_lake
-from training.current import read_current, set_current
+from training.current import read_current
 from training.detector import Detector
 from training.features import FeatureBuilder
 
@@ -40,10 +40,7 @@ def test_retrain_report_replay_on_a_scheduler_with_two_workers(scheduler: str, t
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True)))
     frame = station_day(DAY, 30_000, seed=seed, partitions=4)
-    champion = fit_champion(cfg, frame, rows=3_000)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion)
+    scored_day_with_champion(cfg, frame, rows=3_000)
 
     result = cli("retrain", "--config", str(path), "--date", DAY.isoformat(), "--json")
     assert result["status"] == "promoted" and result["rows"] == len(frame) and result["partitions"] == 4

@@ -18,7 +18,7 @@ from engine import models_cmd
 from engine.batch_jobs import retrain_job
 from engine.config import Config, load
 from engine.nightly import ShadowJudge
-from engine.synthetic import fit_champion, station_day, write_scored_day
+from engine.synthetic import scored_day_with_champion, station_day
 from streams.lake import close_day
 from training import retrain
 from training.current import history, read_current, read_shadow, set_current
@@ -48,10 +48,7 @@ def config(tmp: Path, **retrain_over: object) -> Config:
 def day1(tmp_path: Path, seed: int) -> tuple[Config, Detector]:
     cfg = config(tmp_path)
     frame = station_day(DAY, N, seed=seed)
-    champion = fit_champion(cfg, frame)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion)
+    champion = scored_day_with_champion(cfg, frame)
     return cfg, champion
 
 
@@ -105,10 +102,7 @@ def test_a_rerun_on_the_same_champion_gives_the_same_model(day1: tuple[Config, D
 def test_a_day_not_closed_is_refused_unless_forced(tmp_path: Path, seed: int, client: Client) -> None:
     cfg = config(tmp_path)
     frame = station_day(DAY, 10_000, seed=seed)
-    champion = fit_champion(cfg, frame, rows=2_000)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion, close=False)
+    scored_day_with_champion(cfg, frame, rows=2_000, close=False)
     with pytest.raises(retrain.RetrainError, match="not closed"):
         retrain.run(retrain_job(cfg, DAY), client)
     assert retrain.run(retrain_job(cfg, DAY, force=True), client).version is not None
@@ -144,10 +138,7 @@ def test_a_second_run_waits_for_the_lock(day1: tuple[Config, Detector], client: 
 def test_the_gate_refuses_and_keeps_the_champion(tmp_path: Path, seed: int, client: Client) -> None:
     cfg = config(tmp_path, label_field=None, gate_min_agreement=1.0)
     frame = station_day(DAY, N, seed=seed)
-    champion = fit_champion(cfg, frame)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion)
+    champion = scored_day_with_champion(cfg, frame)
     result = retrain.run(retrain_job(cfg, DAY), client)
     assert result.status == "refused" and "agreement" in result.reason
     assert read_current(cfg.registry)["version"] == champion.version
@@ -173,10 +164,7 @@ def test_binned_auc_matches_scikit_learn(day1: tuple[Config, Detector], client: 
 def test_shadow_then_judged_on_live_counts(tmp_path: Path, seed: int, client: Client) -> None:
     cfg = config(tmp_path, shadow_events=1_000, label_field=None)
     frame = station_day(DAY, N, seed=seed)
-    champion = fit_champion(cfg, frame)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion)
+    champion = scored_day_with_champion(cfg, frame)
     result = retrain.run(retrain_job(cfg, DAY), client)
     assert result.status == "shadowing" and read_shadow(cfg.registry)["version"] == result.version
     judge = ShadowJudge(cfg)
@@ -190,10 +178,7 @@ def test_shadow_then_judged_on_live_counts(tmp_path: Path, seed: int, client: Cl
 def test_shadow_with_poor_agreement_is_refused(tmp_path: Path, seed: int, client: Client) -> None:
     cfg = config(tmp_path, shadow_events=1_000, label_field=None)
     frame = station_day(DAY, N, seed=seed)
-    champion = fit_champion(cfg, frame)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion)
+    champion = scored_day_with_champion(cfg, frame)
     result = retrain.run(retrain_job(cfg, DAY), client)
     decision = ShadowJudge(cfg).check({result.version: [1_000, 900, 100, 10]})
     assert decision is not None and not decision.promote and "agreement 0.900" in decision.reason
@@ -236,10 +221,7 @@ def test_late_labels_from_the_store_join_the_evaluation(tmp_path: Path, seed: in
 
     cfg = config(tmp_path, label_field=None)
     frame = station_day(DAY, N, seed=seed)
-    champion = fit_champion(cfg, frame)
-    champion.save(cfg.registry / champion.version)
-    set_current(cfg.registry, champion.version)
-    write_scored_day(cfg, frame, champion)
+    scored_day_with_champion(cfg, frame)
     labelled = frame.sample(n=10_000, random_state=0)  # a desk confirms a part of the day, late
     store = LabelStore(cfg.labels_path)
     store.add(parse_labels(labelled.rename(columns={"_partition": "partition", "_offset": "offset"})
