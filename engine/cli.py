@@ -159,6 +159,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def render_table(table: Any) -> str:
+    """A rich table as text as wide as it needs: keys, versions and dates are never cut."""
+    import io
+
+    width = Console(width=1_000).measure(table).maximum
+    buffer = io.StringIO()
+    Console(file=buffer, width=width).print(table)
+    return buffer.getvalue()
+
+
+def show_table(table: Any) -> None:
+    """On a terminal, fitted to it; elsewhere (a pipe, a log) at full width (:func:`render_table`)."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        console.file.write(render_table(table))
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=False)

@@ -100,7 +100,7 @@ def _print_list(doc: dict[str, Any]) -> None:
     cli = _cli()
     table = Table(title=f"models in {doc['registry']}")
     for col in ("", "version", "kind", "parent", "data dates", "threshold", "AP", "agreement", "saved"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for v in doc["versions"]:
         m = v.get("metrics") or {}
         mark = "live" if v.get("live") else ("shadow" if v.get("shadow") else "")
@@ -111,7 +111,7 @@ def _print_list(doc: dict[str, Any]) -> None:
                       f"{ap:.3f}" if isinstance(ap, float) else "-",
                       f"{m['agreement']:.3f}" if isinstance(m.get("agreement"), float) else "-",
                       time.strftime("%Y-%m-%d %H:%M", time.gmtime(v["saved_at"])) if v.get("saved_at") else "-")
-    cli.console.print(table)
+    cli.show_table(table)
     if doc["online_versions"]:
         cli.console.print(f"{doc['online_versions']} online-adapted versions not shown (--all)")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import numbers
 import sys
 from collections.abc import Callable, Iterator
@@ -148,10 +147,9 @@ def _emit(text: str, out: Path | None) -> None:
 
 
 def _table(frame: pd.DataFrame, out: Path | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    from engine.cli import console
+    from engine.cli import render_table, show_table
 
     table = Table(show_lines=False)
     for col in frame.columns:
@@ -159,17 +157,10 @@ def _table(frame: pd.DataFrame, out: Path | None) -> None:
         table.add_column(str(col), justify="right" if numeric else "left", no_wrap=True)
     for row in frame.itertuples(index=False):
         table.add_row(*(_cell(v) for v in row))
-    if out is None and console.is_terminal:
-        console.print(table)
-        return
-    # not a terminal (a pipe, a log, a file): as wide as the table needs, rather than cutting keys and dates
-    width = Console(width=1_000).measure(table).maximum
-    buffer = io.StringIO()
-    Console(file=buffer, width=width).print(table)
     if out is None:
-        console.file.write(buffer.getvalue())
+        show_table(table)
     else:
-        _emit(buffer.getvalue(), out)
+        _emit(render_table(table), out)
 
 
 def _cell(value: Any) -> str:

@@ -232,3 +232,18 @@ def test_late_labels_from_the_store_join_the_evaluation(tmp_path: Path, seed: in
     assert 0 < result.metrics["labelled_rows"] <= 10_000
     assert result.metrics["labelled_anomalies"] > 0 and result.metrics["candidate_auc"] is not None
     assert "labels" in result.reason  # the gate decided on them
+
+
+def test_models_list_prints_whole_versions_and_json(day1: tuple[Config, Detector], client: Client,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    cfg, champion = day1
+    result = retrain.run(retrain_job(cfg, DAY), client)
+    assert main(["models", "list", "--registry", str(cfg.registry)]) == 0
+    text = capsys.readouterr().err
+    assert result.version in text and champion.version in text and "live" in text and DAY.isoformat() in text
+    assert main(["models", "list", "--registry", str(cfg.registry), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in doc["versions"] if v["live"]] == [result.version]
+    assert [h["action"] for h in doc["history"]] == ["registered", "promote"]
