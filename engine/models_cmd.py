@@ -77,21 +77,29 @@ def _emit(args: argparse.Namespace, doc: Any, show_human: Any) -> int:
 
 # -- the library functions behind the commands -------------------------------------------------------------
 def list_models(cfg: Config, *, include_online: bool = False) -> dict[str, Any]:
-    """Every version (summaries), the live one, the shadow candidate and the promotion history."""
+    """Every version (summaries), the live one, the shadow candidate, the promotion history, and each version's
+    live precision, recall, AP and AUC from late labels (``live_labels``, when ``isostream labels`` has some)."""
     from training.current import history, read_current, read_shadow
+    from training.label_metrics import read_metrics
+    from training.labels import LabelError
     from training.registry import summaries
 
     current = read_current(cfg.registry)
     shadow = read_shadow(cfg.registry)
     versions = summaries(cfg.registry, include_online=True)
+    try:
+        labelled = (read_metrics(cfg.labels_path) or {}).get("versions", {})
+    except LabelError:
+        labelled = {}
     live = current["version"] if current else None
     shown = [v for v in versions if include_online or v.get("kind") != "online" or v.get("version") == live]
     for v in shown:
         v["live"] = v.get("version") == live
         v["shadow"] = bool(shadow and v.get("version") == shadow["version"])
+        v["live_labels"] = labelled.get(v.get("version"))
     return {"registry": str(cfg.registry), "current": current, "shadow": shadow, "versions": shown,
             "online_versions": sum(1 for v in versions if v.get("kind") == "online"),
-            "history": history(cfg.registry)}
+            "history": history(cfg.registry), "live_labels_all": labelled.get("all")}
 
 
 def _print_list(doc: dict[str, Any]) -> None:

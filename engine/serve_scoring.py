@@ -26,10 +26,8 @@ from engine.config import Config
 from engine.model_holder import ModelHolder
 from streams.decode import Decoder
 from streams.records import RawBatch
-from training.current import history, read_current
 from training.detector import Detector
 from training.features import FeatureBuilder
-from training.registry import summaries
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +299,8 @@ class ScoringService:
         }
 
     def models(self) -> dict[str, Any]:
-        """The registry: the version served, the ``CURRENT`` document, every version's summary, the history."""
-        root = self.cfg.registry
-        return {"serving": self.holder.version, "current": read_current(root), "versions": summaries(root),
-                "history": history(root)}
+        """The registry as ``isostream models list --all --json`` gives it (versions, ``CURRENT``, the shadow
+        candidate, the history, live label metrics per version), and the version this server scores with."""
+        from engine.models_cmd import list_models
+
+        return {"serving": self.holder.version, **list_models(self.cfg, include_online=True)}

@@ -247,3 +247,21 @@ def test_models_list_prints_whole_versions_and_json(day1: tuple[Config, Detector
     doc = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in doc["versions"] if v["live"]] == [result.version]
     assert [h["action"] for h in doc["history"]] == ["registered", "promote"]
+
+
+def test_models_carry_live_label_metrics_per_version(tmp_path: Path, seed: int) -> None:
+    from training.label_metrics import update_metrics
+    from training.label_store import LabelStore
+    from training.labels import parse_labels
+
+    cfg = config(tmp_path, label_field=None)
+    frame = station_day(DAY, N, seed=seed)
+    champion = scored_day_with_champion(cfg, frame)
+    confirmed = frame.sample(n=5_000, random_state=0).rename(columns={"_partition": "partition",
+                                                                     "_offset": "offset"})
+    LabelStore(cfg.labels_path).add(parse_labels(confirmed[["partition", "offset", "label"]]).labels)
+    update_metrics(cfg)
+    listing = models_cmd.list_models(cfg)
+    live = {v["version"]: v["live_labels"] for v in listing["versions"]}
+    assert live[champion.version]["n"] == 5_000 and live[champion.version]["auc"] is not None
+    assert listing["live_labels_all"]["n"] == 5_000
