@@ -121,7 +121,7 @@ class GroupRunner:
         t = cfg.kafka.topics
         self.spec = steps.OutputSpec(tuple(f.name for f in cfg.schema.fields), cfg.schema.key,
                                      cfg.schema.event_time.field, t.scores, t.alerts, t.dead_letter,
-                                     cfg.kafka.scores_format, t.stats, t.incidents)
+                                     cfg.kafka.scores_format, t.stats, t.incidents, tuple(cfg.features.numeric))
         self.metrics = GroupMetrics(pipeline=pipeline, group=self.name)
         self.gate: deque[steps.Batch] = deque()
         self.interval = _Interval()

@@ -74,9 +74,10 @@ def lake_frame(decoded: pd.DataFrame, fields: list[str], score, threshold, is_an
     return out.reset_index(drop=True)
 
 
-def _score_columns(scored: Scored, key_field: str | None, time_field: str) -> dict[str, pd.Series]:
+def _score_columns(scored: Scored, key_field: str | None, time_field: str,
+                   values: tuple[str, ...] = ()) -> dict[str, pd.Series]:
     f = scored.frame
-    return {
+    cols = {
         "key": f[key_field].astype("string") if key_field else pd.Series([None] * len(f), dtype="string"),
         "event_time": f[time_field],
         "score": f["score"],
@@ -86,21 +87,26 @@ def _score_columns(scored: Scored, key_field: str | None, time_field: str) -> di
         "partition": f["kafka_partition"].astype(np.int64),
         "offset": f["kafka_offset"].astype(np.int64),
     }
+    # the numeric inputs ride along so a viewer can plot a key's readings without reading the lake
+    for name in values:
+        if name not in cols:
+            cols[name] = pd.to_numeric(f[name], errors="coerce").astype(np.float64)
+    return cols
 
 
-def scores_frame(scored: Scored, key_field: str | None, time_field: str) -> pd.DataFrame:
-    """The :data:`SCORES_SCHEMA` columns of a scored batch, one row per event."""
-    return pd.DataFrame(_score_columns(scored, key_field, time_field))
+def scores_frame(scored: Scored, key_field: str | None, time_field: str, values: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The :data:`SCORES_SCHEMA` columns of a scored batch, one row per event, then the ``values`` fields."""
+    return pd.DataFrame(_score_columns(scored, key_field, time_field, values))
 
 
-def score_records(scored: Scored, key_field: str | None, time_field: str) -> list[bytes]:
+def score_records(scored: Scored, key_field: str | None, time_field: str, values: tuple[str, ...] = ()) -> list[bytes]:
     """The ``scores`` topic records in JSON, one per event (see docs/architecture.md).
 
     Byte for byte what ``streams.jsonl.to_json_lines`` writes for :func:`scores_frame`, built with Arrow
     kernels instead of numpy object arrays: ~4x the rows/s on 20k-row batches (measured in the tests' module
     docstring). Floats are written as ``repr`` writes them; NaN and infinities as ``null``.
     """
-    return _json_lines(_score_columns(scored, key_field, time_field))
+    return _json_lines(_score_columns(scored, key_field, time_field, values))
 
 
 # -- JSON lines with Arrow kernels ------------------------------------------------------------------------
@@ -230,7 +236,8 @@ def _arrow_column(frame: pd.DataFrame, field: pa.Field) -> pa.Array:
 def encode_scores_arrow(frame: pd.DataFrame, *, compression: str | None = "zstd") -> bytes:
     """One ``scores`` record for a whole batch: an Arrow IPC stream of the :data:`SCORES_SCHEMA` columns.
 
-    ``frame`` is :func:`scores_frame`'s (other columns are ignored). ``compression`` is the IPC body codec
+    ``frame`` is :func:`scores_frame`'s; its numeric columns beyond the schema (the ``values``) travel as
+    float64, other columns are ignored. ``compression`` is the IPC body codec
     (``"zstd"``, ``"lz4"`` or None). A 20k-row batch is ~0.3 MB with zstd (as JSON records: ~3.7 MB), so a
     producer writing much larger batches needs a ``message.max.bytes`` above Kafka's 1 MB default.
 
@@ -244,11 +251,19 @@ def encode_scores_arrow(frame: pd.DataFrame, *, compression: str | None = "zstd"
     if missing:
         msg = f"encode_scores_arrow: the frame lacks the scores columns {missing}"
         raise ScoresFormatError(msg)
-    table = pa.Table.from_arrays([_arrow_column(frame, f) for f in SCORES_SCHEMA], schema=SCORES_SCHEMA)
+    schema = _with_values(SCORES_SCHEMA, [c for c in frame.columns if c not in SCORES_SCHEMA.names
+                                          and pd.api.types.is_numeric_dtype(frame[c])
+                                          and not pd.api.types.is_bool_dtype(frame[c])])
+    table = pa.Table.from_arrays([_arrow_column(frame, f) for f in schema], schema=schema)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, SCORES_SCHEMA, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+    with pa.ipc.new_stream(sink, schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
         w.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def _with_values(schema: pa.Schema, values: list[str]) -> pa.Schema:
+    """``schema`` followed by one float64 field per value column."""
+    return pa.schema([*schema, *(pa.field(name, pa.float64()) for name in values)])
 
 
 def is_arrow_scores(value: object) -> TypeGuard[bytes | bytearray]:
@@ -257,9 +272,10 @@ def is_arrow_scores(value: object) -> TypeGuard[bytes | bytearray]:
 
 
 def decode_scores(value: bytes | bytearray) -> pd.DataFrame:
-    """A ``scores`` record in either format as a frame with the :data:`SCORES_SCHEMA` columns.
+    """A ``scores`` record in either format as a frame with the :data:`SCORES_SCHEMA` columns, then its values.
 
-    A JSON record is one row; missing fields are null. Raises :class:`ScoresFormatError` for anything else.
+    A JSON record is one row; missing fields are null. Numeric fields beyond the schema (the input values the
+    engine adds) come after it as float64 columns. Raises :class:`ScoresFormatError` for anything else.
 
     >>> decode_scores(b'{"key": "k", "event_time": "2027-01-15T08:00:00.000Z", "score": 0.7}').loc[0, "event_time"]
     Timestamp('2027-01-15 08:00:00+0000', tz='UTC')
@@ -274,7 +290,8 @@ def decode_scores(value: bytes | bytearray) -> pd.DataFrame:
         if missing:
             msg = f"decode_scores: the Arrow scores record lacks the columns {missing}"
             raise ScoresFormatError(msg)
-        table = table.select(SCORES_SCHEMA.names)
+        extra = [f.name for f in table.schema if f.name not in SCORES_SCHEMA.names and pa.types.is_floating(f.type)]
+        table = table.select(SCORES_SCHEMA.names + extra)
     else:
         try:
             rec = json.loads(value)
@@ -292,9 +309,11 @@ def decode_scores(value: bytes | bytearray) -> pd.DataFrame:
         except (pa.ArrowException, TypeError, ValueError) as exc:
             msg = f"decode_scores: a JSON scores record with a field of the wrong type: {exc}"
             raise ScoresFormatError(msg) from exc
-        table = pa.Table.from_arrays(arrays, schema=SCORES_SCHEMA)
+        extra = [k for k, v in rec.items() if k not in types and isinstance(v, int | float) and not isinstance(v, bool)]
+        arrays += [pa.array([float(rec[k])], pa.float64()) for k in extra]
+        table = pa.Table.from_arrays(arrays, schema=_with_values(SCORES_SCHEMA, extra))
     try:
-        table = table.cast(SCORES_SCHEMA)
+        table = table.cast(_with_values(SCORES_SCHEMA, table.schema.names[len(SCORES_SCHEMA):]))
     except (pa.ArrowException, ValueError) as exc:
         msg = f"decode_scores: the Arrow scores record has {table.schema}, not the scores types: {exc}"
         raise ScoresFormatError(msg) from exc

@@ -206,6 +206,8 @@ class OutputSpec:
     scores_format: str = "json"
     stats_topic: str = "stats"
     incidents_topic: str = "incidents"
+    #: numeric input fields copied into every scores record (the dashboard plots a key's readings from them)
+    values: tuple[str, ...] = ()
 
 
 def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
@@ -222,10 +224,10 @@ def outputs(batch: Batch, spec: OutputSpec) -> tuple[Batch, list[TopicRecords]]:
     keys = pa.array(batch.frame["_key"]).cast(pa.binary()).to_pylist()  # bytes (or None) per row, in C
     scored = Scored(lake, keys, batch.explanations or [None] * len(lake))
     if spec.scores_format == "arrow":  # one columnar record per batch: no per-event record at all
-        value = encode_scores_arrow(scores_frame(scored, spec.key_field, spec.time_field))
+        value = encode_scores_arrow(scores_frame(scored, spec.key_field, spec.time_field, spec.values))
         records.append(TopicRecords(spec.scores_topic, [value]))
     else:
-        records.append(TopicRecords(spec.scores_topic, score_records(scored, spec.key_field, spec.time_field),
+        records.append(TopicRecords(spec.scores_topic, score_records(scored, spec.key_field, spec.time_field, spec.values),
                                     keys))
     alerts, alert_keys = alert_records(scored)
     if alerts:

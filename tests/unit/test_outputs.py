@@ -286,3 +286,19 @@ def test_dashboard_state_folds_in_json_and_arrow_scores_records_alike(seed: int)
     assert json_state.bad_records["scores"] == 1 and arrow_state.bad_records["scores"] == 3  # NaN, junk, marker
     empty = encode_scores_arrow(halves[0].iloc[:0])
     assert arrow_state.ingest_scores([empty]) == 0 and arrow_state.bad_records["scores"] == 3
+
+
+# -- the input values that ride along -----------------------------------------------------------------------
+def test_value_fields_follow_the_schema_in_both_formats(seed: int) -> None:
+    scored = random_scored(np.random.default_rng(seed), 300)
+    scored.frame["value"] = np.random.default_rng(seed).normal(size=300)
+    scored.frame.loc[3, "value"] = np.nan
+    docs = [json.loads(line) for line in score_records(scored, "datapoint_id", "event_time", ("value",))]
+    assert list(docs[0]) == [*SCORES_SCHEMA.names, "value"]
+    assert docs[3]["value"] is None and docs[4]["value"] == scored.frame.loc[4, "value"]
+    json_back = decode_scores(score_records(scored, "datapoint_id", "event_time", ("value",))[4])
+    assert list(json_back.columns) == [*SCORES_SCHEMA.names, "value"]
+    assert json_back.loc[0, "value"] == scored.frame.loc[4, "value"]
+    arrow_back = decode_scores(encode_scores_arrow(scores_frame(scored, "datapoint_id", "event_time", ("value",))))
+    assert list(arrow_back.columns) == [*SCORES_SCHEMA.names, "value"]
+    np.testing.assert_array_equal(arrow_back["value"].to_numpy(), scored.frame["value"].to_numpy())
