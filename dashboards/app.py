@@ -1,194 +1,112 @@
-"""The live dashboard: a Panel app over one shared :class:`~dashboards.state.LiveState`.
+"""The dashboard server: five pages over one shared :class:`~dashboards.hub.Hub`, served by the Panel server.
 
-Every browser session gets its own :class:`Dashboard` (Bokeh models are per document) but no session reads
-Kafka or aggregates anything: once per ``refresh_ms`` it takes the shared, cached snapshot and, only if that
-changed, pushes the small frames into ``hv.streams.Pipe`` streams, which patch the existing Bokeh data
-sources instead of rebuilding plots.
+Pages: ``/`` (Overview), ``/keys``, ``/incidents``, ``/models``, ``/history``; ``/status.json`` answers how
+many sessions exist and how the ticks went (for monitoring, the benchmark and the tests; counts only, no data).
 
 Three ways to run it:
 
 - ``isostream dashboard --config FILE`` (``run_server``: blocks until Ctrl-C);
-- ``serve(state, port=...)`` from Python (``isostream demo``, the tests): a server thread with ``.stop()``;
-- ``ISOSTREAM_CONFIG=FILE panel serve dashboards/app.py`` (the ``pn.state.served`` block at the bottom).
+- ``serve(hub, port=...)`` from Python (``isostream demo``, the tests): a server thread with ``.stop()``;
+- ``ISOSTREAM_CONFIG=FILE panel serve dashboards/app.py`` (the ``pn.state.served`` block at the bottom: the
+  Overview page only, with Panel's own options).
 """
 
 from __future__ import annotations
 
 import atexit
-import html
+import json
+import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import holoviews as hv
-import hvplot.pandas  # noqa: F401 - registers DataFrame.hvplot
-import numpy as np
 import panel as pn
-import param
+import psutil
+from tornado.web import RequestHandler
 
-from dashboards.aggregate import Snapshot
+from dashboards.hub import Hub
+from dashboards.models_watch import ModelsWatch
 from dashboards.state import LiveState
 from engine.config import Config
 
-hv.extension("bokeh", logo=False)
-
+log = logging.getLogger(__name__)
 TITLE = "isostream · live anomaly detection"
-PLOT_OPTS: dict[str, Any] = {
-    "responsive": True,
-    "height": 260,
-    "framewise": True,  # rescale axes to each new frame: counts grow and shrink as the stream moves
-    "show_grid": True,
-    "toolbar": None,
-    "default_tools": [],
-}
-ACCENT = "#1f77b4"
-ALARM = "#d62728"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class Dashboard(pn.viewable.Viewer):
-    """Throughput, score distribution, anomalies over time, recent alerts and KPIs for one browser session.
+def routes(hub: Hub) -> dict[str, Callable[[], Any]]:
+    """The page builders, one call per browser session (inside its document)."""
+    from dashboards.incidents_page import IncidentsPage
+    from dashboards.keys_page import KeysPage
+    from dashboards.models_page import ModelsPage
+    from dashboards.overview import Overview
 
-    >>> state = LiveState({"bootstrap.servers": "unused:9092"})
-    >>> view = Dashboard(state)  # draws the current snapshot
-    >>> state.ingest_scores([b'{"score": 0.8, "is_anomaly": true}'])
-    1
-    >>> view.refresh()  # what a served session does every refresh_ms; False when nothing changed
-    True
-    """
+    def history() -> Any:
+        from dashboards.history_page import history_page
 
-    refresh_ms = param.Integer(default=1000, bounds=(100, None), doc="how often this session pulls the snapshot")
+        return history_page(hub)
 
-    def __init__(self, state: LiveState, **params: Any) -> None:
-        super().__init__(**params)
-        self.state = state
-        self._drawn: Snapshot | None = None
-        snap = state.snapshot()
-        self._timeline = hv.streams.Pipe(data=snap.timeline)
-        self._histogram = hv.streams.Pipe(data=(snap.histogram, snap.threshold))
-        self._kpis = {
-            name: pn.indicators.String(name=label, value="–", font_size="22pt", title_size="10pt",
-                                       css_classes=[f"kpi-{name}"], margin=(5, 20))
-            for name, label in (
-                ("events", "events scored"), ("anomalies", "anomalies"), ("rate", "events / s"),
-                ("dead_letters", "dead letters"), ("lag", "consumer lag"), ("model", "model version"),
-            )
-        }
-        self._alerts = pn.pane.DataFrame(snap.alerts, index=False, sizing_mode="stretch_width",
-                                         max_height=420, css_classes=["alerts-table"],
-                                         styles={"overflow-x": "auto"})
-        # plain HTML, not Markdown: it changes every second in every session, and parsing is not free
-        self._status = pn.pane.HTML("", css_classes=["status-line"], margin=(0, 10))
-        self._layout = pn.Column(
-            pn.pane.Markdown(f"## {TITLE}", margin=(0, 10)),
-            self._status,
-            pn.FlexBox(*self._kpis.values()),
-            pn.GridBox(
-                pn.pane.HoloViews(hv.DynamicMap(_throughput, streams=[self._timeline]), sizing_mode="stretch_width"),
-                pn.pane.HoloViews(hv.DynamicMap(_anomalies, streams=[self._timeline]), sizing_mode="stretch_width"),
-                pn.pane.HoloViews(hv.DynamicMap(_histogram, streams=[self._histogram]),
-                                  sizing_mode="stretch_width"),
-                ncols=3, sizing_mode="stretch_width",
-            ),
-            # full width: alerts carry the input fields and an explanation, too wide for a third of a row
-            pn.pane.Markdown("#### Most recent alerts", margin=(0, 10)),
-            self._alerts,
-            sizing_mode="stretch_width",
-        )
-        self.refresh()
-
-    def refresh(self) -> bool:
-        """Pull the shared snapshot and update what changed; False when there was nothing new to draw.
-
-        Each part is compared with what this session last drew (frames by identity: the state reuses the
-        same objects while their inputs are unchanged), because every update costs a HoloViews re-render
-        of that plot for this session.
-        """
-        snap = self.state.snapshot()
-        last, self._drawn = self._drawn, snap
-        if last is snap:
-            return False
-        # a new snapshot means new data or a new second: the window slides even when the stream is idle
-        self._timeline.send(snap.timeline)
-        self._status.object = _status_line(snap, self.state)
-        if last is None or snap.histogram is not last.histogram or snap.threshold != last.threshold:
-            self._histogram.send((snap.histogram, snap.threshold))
-        if last is None or snap.alerts is not last.alerts:
-            self._alerts.object = snap.alerts
-        k = snap.kpis
-        values = {
-            "events": f"{k.events:,}", "anomalies": f"{k.anomalies:,}",
-            "rate": "–" if k.events_per_s is None else f"{k.events_per_s:,.0f}",
-            "dead_letters": f"{k.dead_letters:,}", "lag": "–" if k.lag is None else f"{k.lag:,}",
-            "model": k.model_version or "–",
-        }
-        for name, value in values.items():
-            if self._kpis[name].value != value:  # unchanged widgets send nothing to the browser
-                self._kpis[name].value = value
-        return True
-
-    def _tick(self) -> None:
-        self.refresh()
-
-    def __panel__(self) -> pn.viewable.Viewable:
-        doc = pn.state.curdoc
-        if doc is not None and doc.session_context is not None:  # served: one timer per browser session
-            pn.state.add_periodic_callback(self._tick, period=self.refresh_ms)
-        return self._layout
+    return {
+        "/": lambda: Overview(hub).page(),
+        "/keys": lambda: KeysPage(hub).page(),
+        "/incidents": lambda: IncidentsPage(hub).page(),
+        "/models": lambda: ModelsPage(hub).page(),
+        "/history": history,
+    }
 
 
-# -- plots: pure functions of the piped frames, so each update patches data instead of rebuilding figures --
-def _throughput(data: Any) -> hv.Area:
-    # size given to hvplot itself: otherwise it fixes width=700, which overrides responsive and clips the plot
-    return data.hvplot.area(x="time", y="events", responsive=True, height=PLOT_OPTS["height"]).opts(
-        title="Throughput (events / s)", xlabel="time (UTC)", ylabel="events / s", color=ACCENT, alpha=0.6,
-        ylim=(0, None), **PLOT_OPTS,
-    )
+class _StatusHandler(RequestHandler):
+    """``GET /status.json``: sessions, ticks, missed updates and the server's own CPU and memory."""
+
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def get(self) -> None:
+        proc = psutil.Process()
+        cpu = proc.cpu_times()
+        doc = {**self.hub.broadcaster.status(), "rss_bytes": proc.memory_info().rss,
+               "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               "cpu_s": cpu.user + cpu.system, "consuming": self.hub.state.running,
+               "bad_records": self.hub.state.bad_records, "keys_tracked": self.hub.state.key_list(0)[0],
+               "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0}
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.write(json.dumps(doc))
 
 
-def _anomalies(data: Any) -> hv.Spikes:
-    frame = data.assign(anomaly_pct=data["anomaly_rate"] * 100.0)
-    total, flagged = int(frame["events"].sum()), int(frame["anomalies"].sum())
-    pct = 100.0 * flagged / total if total else 0.0
-    # spikes, not an area: anomalies are sparse, and an area would smear one flagged second over its neighbours
-    return hv.Spikes(frame, "time", ["anomalies", "anomaly_pct"]).opts(
-        title=f"Anomalies / s · {flagged:,} in window ({pct:.2f} %)", xlabel="time (UTC)",
-        ylabel="anomalies / s", color=ALARM, line_width=3, ylim=(0, None), **PLOT_OPTS,
-    )
+def websocket_origins(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """Origins allowed to open the websocket: the bound address (and loopback names), plus ``extra``."""
+    if host in ("0.0.0.0", "::", ""):
+        names = [socket.gethostname(), *LOOPBACK[:2]]
+    else:
+        names = [host, *(LOOPBACK[:2] if host in LOOPBACK else ())]
+    return sorted({f"{n}:{port}" for n in names} | set(extra))
 
 
-def _histogram(data: Any) -> hv.Overlay:
-    frame, threshold = data
-    edges = np.append(frame["left"].to_numpy(), frame["right"].to_numpy()[-1:])
-    # framewise on the element too: in an overlay the histogram's own range otherwise sticks to the first frame.
-    # hv.Histogram, not hvplot.hist: the state ships pre-binned counts (41 fixed edges), not raw scores
-    hist = hv.Histogram((edges, frame["count"].to_numpy()), kdims="score", vdims="count").opts(
-        color=ACCENT, alpha=0.7, line_color="white", framewise=True
-    )
-    label = "no threshold yet" if threshold is None else f"threshold {threshold:.3f}"
-    line = hv.VLine(np.nan if threshold is None else threshold).opts(color=ALARM, line_dash="dashed",
-                                                                     line_width=2)
-    return (hist * line).opts(
-        title=f"Recent scores · {label}", xlabel="anomaly score", ylabel="events",
-        xlim=(0.0, 1.0), **PLOT_OPTS,
-    )
+def auth_options(cfg: Config | None) -> dict[str, Any]:
+    """Panel's ``basic_auth`` / ``cookie_secret`` / ``oauth_*`` options from ``dashboard.auth`` (unset: none)."""
+    if cfg is None:
+        return {}
+    a = cfg.dashboard.auth
+    out: dict[str, Any] = {}
+    for name in ("basic_auth", "cookie_secret", "oauth_secret", "oauth_encryption_key"):
+        value = getattr(a, name)
+        if value is not None:
+            out[name] = value.get_secret_value()
+    for name in ("oauth_provider", "oauth_key", "oauth_redirect_uri"):
+        if getattr(a, name) is not None:
+            out[name] = getattr(a, name)
+    if a.oauth_extra_params:
+        out["oauth_extra_params"] = dict(a.oauth_extra_params)
+    return out
 
 
-def _status_line(snap: Snapshot, state: LiveState) -> str:
-    at = datetime.fromtimestamp(snap.taken_at, tz=timezone.utc).strftime("%H:%M:%S UTC")
-    feed = "consuming" if state.running else "not consuming"
-    bad = f" · {snap.kpis.bad_records:,} bad records skipped" if snap.kpis.bad_records else ""
-    names = ", ".join(f"<code>{html.escape(t)}</code>" for t in (state.topics.scores, state.topics.stats,
-                                                                 state.topics.alerts))
-    return (f"{feed} {names} · {snap.scores_in_histogram:,} recent scores · last {state.history_s} s · "
-            f"updated {at}{bad}")
-
-
-# -- serving ----------------------------------------------------------------------------------------------
 class ServerHandle:
     """A Panel server running on its own thread; ``stop()`` shuts it down and frees the port."""
 
@@ -198,7 +116,8 @@ class ServerHandle:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
     @property
     def running(self) -> bool:
@@ -224,28 +143,36 @@ def _wait_listening(host: str, port: int, thread: Any, timeout_s: float) -> None
 
 
 def serve(
-    state: LiveState,
+    hub: Hub,
     host: str = "127.0.0.1",
     port: int = 5006,
     show: bool = False,
     threaded: bool = True,
     *,
-    refresh_ms: int = 1000,
+    allow_websocket_origin: Sequence[str] = (),
+    session_expiry_s: float = 5.0,
+    auth: dict[str, Any] | None = None,
     ready_timeout_s: float = 30.0,
 ) -> ServerHandle:
-    """Serve :class:`Dashboard` at ``http://host:port/``, one session per browser tab, all over ``state``.
+    """Serve the pages at ``http://host:port/``, one session per browser tab, all over ``hub``.
 
     ``threaded=True`` (default) returns once the server listens; ``threaded=False`` blocks until Ctrl-C.
-    The caller starts and stops ``state`` (its consumer outlives any one server).
+    The caller starts and stops ``hub``. ``auth`` holds Panel's own options (see :func:`auth_options`).
     """
-    origins = ["*"] if host in ("0.0.0.0", "::", "") else [f"{host}:{port}", f"localhost:{port}",
-                                                              f"127.0.0.1:{port}"]
-
-    def session() -> Dashboard:  # called per browser session, inside its document
-        return Dashboard(state, refresh_ms=refresh_ms)
-
-    server = pn.serve(session, port=port, address=host, websocket_origin=origins, show=show, start=True,
-                      title=TITLE, verbose=False, location=False, threaded=threaded)
+    if host not in LOOPBACK and not (auth or {}).get("basic_auth") and not (auth or {}).get("oauth_provider"):
+        log.warning("dashboard: serving on %s without authentication: anyone who reaches it sees the stream; "
+                    "set dashboard.auth (basic_auth or oauth_*)", host)
+    expiry_ms = int(session_expiry_s * 1000)
+    server = pn.serve(
+        routes(hub), port=port, address=host, websocket_origin=websocket_origins(host, port, allow_websocket_origin),
+        show=show, start=True, title=TITLE, verbose=False, location=True, threaded=threaded,
+        extra_patterns=[(r"/status\.json", _StatusHandler, {"hub": hub})],
+        # Bokeh ends a session whose websocket closed, or never opened, this long after: a browser that
+        # went away before the page loaded leaves nothing behind
+        unused_session_lifetime_milliseconds=expiry_ms,
+        check_unused_sessions_milliseconds=max(500, expiry_ms // 2),
+        **(auth or {}),
+    )
     if not threaded:  # the IOLoop ran until Ctrl-C and has stopped
         server.stop()
         return ServerHandle(_Finished(), host, port)
@@ -260,14 +187,34 @@ class _Finished:
         return False
 
 
+def hub_for(cfg: Config, *, dask_url: str | None = None) -> Hub:
+    """The hub ``cfg`` describes: its topics, the registry watcher and the lake's history (not started)."""
+    from dashboards.history import History
+
+    state = LiveState(cfg.kafka.client_settings(), cfg.kafka.topics, history_s=cfg.dashboard.history_s,
+                      tick_ms=cfg.dashboard.refresh_ms, key_field=cfg.schema.key,
+                      value_fields=tuple(cfg.features.numeric), baseline_events=cfg.features.baseline.events)
+    url = dask_url or cfg.dashboard.dask_url
+    if url is None and cfg.cluster.scheduler is None:
+        url = f"http://{cfg.cluster.dashboard_address}/status"
+    return Hub.build(state, tick_ms=cfg.dashboard.refresh_ms, models=ModelsWatch(cfg),
+                     history=History.from_config(cfg), dask_url=url)
+
+
+def serve_config(cfg: Config, hub: Hub, *, show: bool = False) -> ServerHandle:
+    """:func:`serve` with ``cfg``'s dashboard section (address, origins, expiry, auth)."""
+    d = cfg.dashboard
+    return serve(hub, host=d.host, port=d.port, show=show, allow_websocket_origin=d.allow_websocket_origin,
+                 session_expiry_s=d.session_expiry_s, auth=auth_options(cfg))
+
+
 def run_server(cfg: Config, *, open_browser: bool, stop: threading.Event | None = None) -> None:
     """``isostream dashboard``: consume ``cfg``'s output topics and serve until Ctrl-C, SIGTERM or ``stop``.
 
     ``stop`` lets a caller on another thread (tests, an embedding program) end it; signals only reach the
     main thread.
     """
-    state = LiveState(cfg.kafka.client_settings(), cfg.kafka.topics, history_s=cfg.dashboard.history_s)
-    state.start()
+    hub = hub_for(cfg).start()
     done = stop if stop is not None else threading.Event()
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -277,30 +224,29 @@ def run_server(cfg: Config, *, open_browser: bool, stop: threading.Event | None 
             pass
     handle = None
     try:
-        handle = serve(state, host=cfg.dashboard.host, port=cfg.dashboard.port, show=open_browser,
-                       refresh_ms=cfg.dashboard.refresh_ms)
+        handle = serve_config(cfg, hub, show=open_browser)
         print(f"isostream dashboard on {handle.url} (Ctrl-C stops)", file=sys.stderr)
         while handle.running and not done.wait(0.5):
             pass
     finally:
         if handle is not None:
             handle.stop()
-        state.stop()
+        hub.stop()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
-def _served_state(cfg: Config) -> LiveState:
-    """The process-wide LiveState for ``panel serve``, which re-runs this file for every session."""
-    state = LiveState(cfg.kafka.client_settings(), cfg.kafka.topics, history_s=cfg.dashboard.history_s)
-    atexit.register(state.stop)  # close the consumer when the server process exits normally
-    return state.start()
+def _served_hub(cfg: Config) -> Hub:
+    """The process-wide hub for ``panel serve``, which re-runs this file for every session."""
+    hub = hub_for(cfg).start()
+    atexit.register(hub.stop)  # close the consumer when the server process exits normally
+    return hub
 
 
 if pn.state.served:
+    from dashboards.overview import Overview
     from engine.config import load
 
-    pn.extension()
     _cfg = load(os.environ.get("ISOSTREAM_CONFIG") or None)
-    _state: LiveState = pn.state.as_cached("isostream-live-state", lambda: _served_state(_cfg))
-    Dashboard(_state, refresh_ms=_cfg.dashboard.refresh_ms).servable(title=TITLE)
+    _hub: Hub = pn.state.as_cached("isostream-hub", lambda: _served_hub(_cfg))
+    Overview(_hub).page().servable(title=TITLE)

@@ -1,4 +1,5 @@
-"""One background Kafka consumer that reads a few topics from the beginning and hands each batch to a handler.
+"""One background Kafka consumer that reads a few topics (from the beginning, or their last records) and hands
+each batch to a handler.
 
 ``assign()`` to explicit partitions, not a consumer group: a group join takes ~20 s on the embedded tansu
 broker and the dashboard commits nothing, so a group buys nothing. Topics that do not exist yet (the dashboard
@@ -44,9 +45,13 @@ class KafkaFeed:
         max_messages: int = 5_000,
         poll_timeout_s: float = 0.2,
         metadata_interval_s: float = 10.0,
+        tail: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = {**CONSUMER_DEFAULTS, **settings}
         self.handlers = dict(handlers)
+        # topic -> records per partition to start before the end: a day of scores is far more than a chart
+        # shows; offsets by time would be better, but tansu answers every timestamp lookup with offset 0
+        self.tail = dict(tail or {})
         self.max_messages = max_messages
         self.poll_timeout_s = poll_timeout_s
         self.metadata_interval_s = metadata_interval_s
@@ -136,12 +141,24 @@ class KafkaFeed:
                 continue
             for part in sorted(info.partitions):
                 if (topic, part) not in self._assigned:
-                    new.append(TopicPartition(topic, part, OFFSET_BEGINNING))
+                    new.append(TopicPartition(topic, part, self._start(consumer, topic, part)))
         if new:
             consumer.incremental_assign(new)
             self._assigned.update((tp.topic, tp.partition) for tp in new)
             log.info("dashboard feed: reading %s", sorted((tp.topic, tp.partition) for tp in new))
         return complete
+
+    def _start(self, consumer: Consumer, topic: str, partition: int) -> int:
+        back = self.tail.get(topic)
+        if back is None:
+            return OFFSET_BEGINNING
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2)
+        except KafkaException as err:
+            log.warning("dashboard feed: no watermarks for %s[%d] (%s); reading it from the beginning",
+                        topic, partition, err)
+            return OFFSET_BEGINNING
+        return int(max(low, high - back))
 
     def _dispatch(self, msgs: list[Message]) -> None:
         by_topic: dict[str, tuple[list[bytes], list[float]]] = {}

@@ -1,4 +1,4 @@
-"""Parse the engine's ``scores`` / ``stats`` / ``alerts`` records (docs/architecture.md) into plain values.
+"""Parse the engine's output records (docs/architecture.md) into plain values.
 
 The dashboard reads topics that other programs write, so every parser returns ``None`` for a record it cannot
 use instead of raising: the caller counts it as bad and carries on. Only the fields the charts need are
@@ -7,6 +7,7 @@ checked; unknown extra fields are ignored so the engine can add fields without b
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from dataclasses import dataclass
@@ -122,3 +123,53 @@ def parse_alert(raw: RawRecord) -> dict[str, Any] | None:
     if rec is None or _number(rec.get("score")) is None:
         return None
     return rec
+
+
+def _iso_ms(value: Any) -> float | None:
+    """ISO-8601 text as ms since the epoch (UTC when it names no zone), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+    return stamp.timestamp() * 1000.0
+
+
+def parse_incident(raw: RawRecord) -> dict[str, Any] | None:
+    """An ``incidents`` record (``engine.incidents.IncidentRecord``) with ``start_ms`` / ``end_ms`` added, or None.
+
+    >>> rec = parse_incident({"incident_id": "i1", "status": "open", "key": "dp-1", "start": "2027-01-15T08:00:00Z",
+    ...                 "end": "2027-01-15T08:00:05Z", "alerts": 2, "peak_score": 0.8})
+    >>> rec["end_ms"] - rec["start_ms"], rec["alerts"]
+    (5000.0, 2)
+    """
+    rec = as_dict(raw)
+    if rec is None or not isinstance(rec.get("incident_id"), str) or rec.get("status") not in ("open", "closed"):
+        return None
+    start, end = _iso_ms(rec.get("start")), _iso_ms(rec.get("end"))
+    if start is None:
+        return None
+    return {**rec, "key": _text(rec.get("key")), "start_ms": start, "end_ms": end if end is not None else start,
+            "alerts": _count(rec.get("alerts")) or 0, "peak_score": _number(rec.get("peak_score"))}
+
+
+def parse_window(raw: RawRecord, key_field: str | None) -> tuple[str, dict[str, Any]] | None:
+    """``(key, row)`` of a ``stats`` window record (``"kind": "window"``), times as ms; None when unusable.
+
+    >>> key, row = parse_window({"kind": "window", "station": "s1", "window_start": "1970-01-01T00:00:00Z",
+    ...                          "window_end": "1970-01-01T00:01:00Z", "count": 5, "alarms": 1}, "station")
+    >>> key, row["window_end_ms"], row["count"]
+    ('s1', 60000.0, 5)
+    """
+    rec = as_dict(raw)
+    if rec is None:
+        return None
+    key = rec.get(key_field or "key", rec.get("key"))
+    start, end = _iso_ms(rec.get("window_start")), _iso_ms(rec.get("window_end"))
+    count = _count(rec.get("count"))
+    if key is None or start is None or end is None or count is None:
+        return None
+    return str(key), {**rec, "window_start_ms": start, "window_end_ms": end, "count": count}

@@ -155,7 +155,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboards.app import run_server
 
-    run_server(_config(args), open_browser=not args.no_browser)
+    overrides = _common_overrides(args)
+    dash: dict[str, Any] = {}
+    if args.address is not None:
+        dash["host"] = args.address
+    if args.port is not None:
+        dash["port"] = args.port
+    if args.allow_websocket_origin:
+        dash["allow_websocket_origin"] = list(args.allow_websocket_origin)
+    auth = {name: getattr(args, name) for name in ("basic_auth", "cookie_secret", "oauth_provider", "oauth_key",
+                                                   "oauth_secret", "oauth_redirect_uri", "oauth_encryption_key")
+            if getattr(args, name) is not None}
+    if auth:
+        dash["auth"] = auth
+    if dash:
+        overrides = {**overrides, "dashboard": {**overrides.get("dashboard", {}), **dash}}
+    run_server(load(args.config, overrides=overrides), open_browser=not args.no_browser)
     return 0
 
 
@@ -233,10 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="do not serve the Panel dashboard")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("dashboard", help="serve the live Panel dashboard for a running engine",
-                       description="Serve charts of the scores and stats topics on dashboard.host:port.")
+    p = sub.add_parser(
+        "dashboard", help="serve the live Panel dashboard for a running engine",
+        description="Serve the live pages (Overview, Keys, Incidents, Models) from the engine's output topics and "
+                    "History from the lake on dashboard.host:port (127.0.0.1:5006 by default). It binds loopback "
+                    "unless --address says otherwise; give it authentication (--basic-auth or --oauth-*, or "
+                    "dashboard.auth in the config) before exposing it. Panel's PANEL_OAUTH_* variables work too.")
     _add_config_args(p)
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--address", metavar="HOST", help="address to bind (dashboard.host), e.g. 0.0.0.0 to expose it")
+    p.add_argument("--port", type=int, help="port (dashboard.port)")
+    p.add_argument("--allow-websocket-origin", metavar="HOST[:PORT]", action="append",
+                   help="a browser origin allowed to connect besides the bound address (repeatable), e.g. a proxy's")
+    p.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="Panel basic auth: one password, or a JSON file of "
+                   "{user: password} (dashboard.auth.basic_auth)")
+    p.add_argument("--cookie-secret", metavar="SECRET", help="signs session cookies (needed with any auth)")
+    p.add_argument("--oauth-provider", metavar="NAME", help="Panel OAuth provider: github, google, azure, okta, ...")
+    p.add_argument("--oauth-key", metavar="KEY", help="OAuth client id")
+    p.add_argument("--oauth-secret", metavar="SECRET", help="OAuth client secret")
+    p.add_argument("--oauth-redirect-uri", metavar="URI", help="OAuth redirect URI, when behind a proxy")
+    p.add_argument("--oauth-encryption-key", metavar="KEY", help="encrypts the OAuth tokens in the cookies")
     p.set_defaults(func=cmd_dashboard)
 
     from training import evaluate

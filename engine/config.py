@@ -226,12 +226,37 @@ class ClusterConfig(_Section):
     dashboard_address: str = "127.0.0.1:8787"
 
 
+class DashboardAuth(_Section):
+    """Panel's own authentication, passed through to ``panel serve``'s options of the same names."""
+
+    #: a password every viewer types (Panel's basic auth), or a path to a JSON file of {user: password}
+    basic_auth: SecretStr | None = None
+    #: signs the session cookies; required by basic auth and OAuth
+    cookie_secret: SecretStr | None = None
+    #: an OAuth provider Panel knows: github, google, azure, gitlab, okta, auth0, generic ...
+    oauth_provider: str | None = None
+    oauth_key: str | None = None
+    oauth_secret: SecretStr | None = None
+    oauth_redirect_uri: str | None = None
+    oauth_encryption_key: SecretStr | None = None
+    oauth_extra_params: dict[str, Any] = Field(default_factory=dict)
+
+
 class DashboardConfig(_Section):
     enabled: bool = True
+    #: the address the server binds: loopback unless you expose it on purpose (then set ``auth``)
     host: str = "127.0.0.1"
     port: int = Field(default=5006, gt=0, lt=65536)
-    refresh_ms: int = Field(default=1000, ge=100)
+    #: how often the live pages update: one shared tick per server, one row streamed per page and tick
+    refresh_ms: int = Field(default=100, ge=20)
     history_s: int = Field(default=300, gt=0)
+    #: browser origins allowed to open the page's websocket besides the bound address (host[:port])
+    allow_websocket_origin: list[str] = Field(default_factory=list)
+    #: the Dask dashboard linked from the Overview page; null = the engine's LocalCluster address
+    dask_url: str | None = None
+    #: a session whose browser left (or never finished loading) is ended this long after
+    session_expiry_s: float = Field(default=5.0, gt=0)
+    auth: DashboardAuth = DashboardAuth()
 
 
 class Config(_Section):

@@ -92,15 +92,12 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
 
     with dask_client(cfg.cluster) as client:
         console.print(f"[green]dask[/] dashboard {client.dashboard_link}")
-        server = state = None
+        server = hub = None
         if opts.dashboard and cfg.dashboard.enabled:
-            from dashboards.app import serve
-            from dashboards.state import LiveState
+            from dashboards.app import hub_for, serve_config
 
-            state = LiveState(cfg.kafka.client_settings(), cfg.kafka.topics, history_s=cfg.dashboard.history_s)
-            state.start()
-            server = serve(state, host=cfg.dashboard.host, port=cfg.dashboard.port, show=opts.open_browser,
-                           refresh_ms=cfg.dashboard.refresh_ms)
+            hub = hub_for(cfg, dask_url=client.dashboard_link).start()
+            server = serve_config(cfg, hub, show=opts.open_browser)
             console.print(f"[green]panel[/] dashboard http://{cfg.dashboard.host}:{cfg.dashboard.port}")
         runtime = Runtime(cfg, client)
         target: dict[str, int | None] = {"n": None}
@@ -129,8 +126,8 @@ def _run(cfg: Config, opts: DemoOptions, broker: EmbeddedBroker, stopper: _Stopp
         watcher.join(timeout=5)
         if server is not None:
             server.stop()
-        if state is not None:
-            state.stop()
+        if hub is not None:
+            hub.stop()
     rows = len(read_lake(cfg.lake.path, columns=["kafka_offset"]))
     console.print(
         f"[bold]demo done[/]: produced {produced['n']:,}, scored {report.events:,}, lake rows {rows:,}, "

@@ -1,16 +1,28 @@
-"""The Dashboard view built over a fed LiveState, without a server: it builds, refreshes only on change."""
+"""The pages built over a fed LiveState without a server, the broadcaster's accounting, and the server options."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
+from pathlib import Path
+from typing import Any
 
-import holoviews as hv
 import numpy as np
-import panel as pn
 import pytest
 
-from dashboards.app import Dashboard, _anomalies, _histogram, _throughput
+from dashboards.app import auth_options, routes, websocket_origins
+from dashboards.broadcast import Broadcaster
+from dashboards.hub import Hub
+from dashboards.incidents_page import IncidentsPage, incidents_html
+from dashboards.keys_page import KeysPage
+from dashboards.models_page import ModelsPage
+from dashboards.models_watch import ModelsWatch
+from dashboards.overview import Overview
 from dashboards.state import LiveState
+from engine.config import Config, load
+from engine.synthetic import scored_day_with_champion, station_day
+from training.current import record
 
 T0 = 1_800_000_000.0
 
@@ -23,79 +35,218 @@ class Clock:
         return self.now
 
 
+def scores(n: int, keys: int = 3, *, start: int = 0) -> list[bytes]:
+    return [json.dumps({"key": f"dp-{i % keys}", "event_time": f"2027-01-15T08:{(start + i) // 60 % 60:02d}:"
+                        f"{(start + i) % 60:02d}Z", "score": 0.9 if i % 10 == 0 else 0.3, "threshold": 0.7,
+                        "is_anomaly": i % 10 == 0, "model_version": "v1", "value": float(i)}).encode()
+            for i in range(n)]
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-def state(clock: Clock) -> LiveState:
-    return LiveState({}, history_s=30, clock=clock)
+def hub(clock: Clock) -> Hub:
+    state = LiveState({}, history_s=10, clock=clock, key_field="datapoint_id", value_fields=("value",))
+    return Hub.build(state)
 
 
-def feed(state: LiveState, n: int, *, anomalies: int = 0) -> None:
-    recs = [{"score": 0.3, "threshold": 0.65, "is_anomaly": False, "model_version": "v7"}] * (n - anomalies)
-    recs += [{"score": 0.8, "threshold": 0.65, "is_anomaly": True, "model_version": "v7"}] * anomalies
-    state.ingest_scores(recs, [T0 - 1.5] * n)
-    state.ingest_stats([json.dumps({"ts": T0, "events": n, "anomalies": anomalies, "dead_letters": 2,
-                                    "lag": 11, "model_version": "v7"})])
-    state.ingest_alerts([{"key": "k9", "score": 0.8, "explanation": "value far above threshold"}])
+def tick(hub: Hub, clock: Clock, n: int = 1) -> None:
+    for _ in range(n):
+        clock.now += 0.1
+        hub.state.tick()
 
 
-def test_dashboard_builds_over_an_empty_state(state: LiveState) -> None:
-    view = Dashboard(state)
-    layout = view.__panel__()
-    assert isinstance(layout, pn.Column)
-    assert view._kpis["events"].value == "0"
-    assert view._kpis["lag"].value == "–" and view._kpis["model"].value == "–"
-    assert view.refresh() is False  # same snapshot as the one drawn at construction
+# -- pages ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", [Overview, KeysPage, IncidentsPage, ModelsPage])
+def test_every_page_builds_over_an_empty_state_with_empty_states(hub: Hub, page: type) -> None:
+    view = page(hub)
+    view.update()
+    layout = view.page()
+    assert layout is not None and view.updates == 2
+    assert "waiting" in view.status_line() or "no missed updates" in view.status_line()
 
 
-def test_dashboard_shows_the_fed_numbers(state: LiveState) -> None:
-    feed(state, 1_200, anomalies=30)
-    view = Dashboard(state, refresh_ms=500)
-    kpis = {name: w.value for name, w in view._kpis.items()}
-    assert kpis == {"events": "1,200", "anomalies": "30", "rate": "240", "dead_letters": "2", "lag": "11",
-                    "model": "v7"}
-    hist, threshold = view._histogram.data
-    assert hist["count"].sum() == 1_200 and threshold == 0.65
-    assert view._timeline.data["events"].sum() == 1_200
-    assert view._alerts.object["key"].tolist() == ["k9"]
-    assert "1,200 recent scores" in view._status.object
+def test_overview_sends_the_whole_ring_then_one_row_per_tick(hub: Hub, clock: Clock) -> None:
+    hub.state.ingest_scores(scores(50))
+    tick(hub, clock, 3)
+    view = Overview(hub)
+    view.update()
+    first = len(view.timeline.data["seq"])
+    assert first == hub.state.ticks.size  # the prefilled history and the three ticks
+    tick(hub, clock)
+    view.update()
+    assert len(view.timeline.data["seq"]) == first  # rolled over: the ring's size, one row in, one out
+    assert view.timeline.data["seq"][-1] == 4 and view.missed == 0
+    tick(hub, clock, hub.state.ticks.size + 5)  # the page fell far behind: those rows are gone
+    view.update()
+    assert view.missed == 5
+    assert "5 missed" in view.status_line()
 
 
-def test_refresh_pushes_new_data_and_skips_when_unchanged(state: LiveState, clock: Clock) -> None:
-    view = Dashboard(state)
-    feed(state, 100)
-    assert view.refresh() is True
-    assert view._kpis["events"].value == "100"
-    assert view.refresh() is False
-    clock.now += 1.0  # same data, next second: only the sliding timeline and status change
-    sent = []
-    view._histogram.add_subscriber(lambda **kw: sent.append(kw))
-    assert view.refresh() is True
-    assert sent == []
-    feed(state, 50)
-    assert view.refresh() is True
-    assert view._kpis["events"].value == "150" and len(sent) == 1
+def test_overview_numbers_histogram_and_alerts_follow_the_data(hub: Hub, clock: Clock) -> None:
+    view = Overview(hub)
+    hub.state.ingest_scores(scores(40))
+    hub.state.ingest_alerts([json.dumps({"event_time": "2027-01-15T08:00:00Z", "datapoint_id": "dp-1",
+                                         "score": 0.91, "explanation": "value_z=0.5"}).encode()])
+    tick(hub, clock)
+    view._slow_at = 0.0
+    view.update()
+    assert ">40<" in view._kpis.object and "dp-1" in view._alerts.object
+    assert 'href="/keys?key=dp-1&amp;at=' in view._alerts.object or 'href="/keys?key=dp-1&at=' in view._alerts.object
+    assert sum(view.hist.data["count"]) == 40 and "threshold 0.700" in view._hist_fig.title.text
 
 
-def test_plot_callbacks_make_the_expected_elements(state: LiveState) -> None:
-    feed(state, 40, anomalies=4)
-    snap = state.snapshot()
-    area = _throughput(snap.timeline)
-    assert isinstance(area, hv.Area) and area.dimension_values("events").sum() == 40
-    spikes = _anomalies(snap.timeline)
-    assert isinstance(spikes, hv.Spikes) and "4 in window (10.00 %)" in spikes.opts.get().kwargs["title"]
-    overlay = _histogram((snap.histogram, snap.threshold))
-    hist, line = overlay.get(0), overlay.get(1)
-    assert hist.dimension_values("count").sum() == 40
-    assert line.data == 0.65
-    empty = _histogram((LiveState({}).snapshot().histogram, None))
-    assert np.isnan(empty.get(1).data)  # no threshold yet: the line exists (stable overlay) but is not drawn
+def test_key_selector_switches_the_plots(hub: Hub, clock: Clock) -> None:
+    hub.state.ingest_scores(scores(30))
+    view = KeysPage(hub)
+    assert view.selector.options == ["dp-0", "dp-1", "dp-2"] and view.key == "dp-0"  # alerting keys first
+    values_0 = list(view.points.data["value"])
+    view.selector.value = "dp-2"
+    values_2 = list(view.points.data["value"])
+    assert values_0 == [float(i) for i in range(0, 30, 3)] and values_2 == [float(i) for i in range(2, 30, 3)]
+    hub.state.ingest_scores(scores(3, start=30))  # dp-0, dp-1, dp-2 once more
+    view.update()
+    assert list(view.points.data["value"])[-1] == 2.0
+    assert np.isnan(view.points.data["value_alert"][0]) or view.points.data["is_anomaly"][0]
 
 
-def test_dashboard_renders_to_bokeh_models(state: LiveState) -> None:
-    feed(state, 10)
-    model = Dashboard(state).__panel__().get_root()
-    assert type(model).__name__ == "Column"
+def test_keys_page_opens_the_key_of_a_link(hub: Hub) -> None:
+    hub.state.ingest_scores(scores(30))
+    view = KeysPage(hub, key="dp-1", at_ms=T0 * 1000)
+    assert view.key == "dp-1" and view._at.location == T0 * 1000
+    unknown = KeysPage(hub, key="nobody")
+    assert unknown.key == "nobody" and "no recent events of nobody" in unknown._empty.object
+
+
+def test_incidents_are_listed_open_first_with_links_to_the_key(hub: Hub, clock: Clock) -> None:
+    for iid, status, key in (("a", "closed", "dp-1"), ("b", "open", "dp-2")):
+        hub.state.ingest_incidents([json.dumps({"incident_id": iid, "status": status, "key": key,
+                                                "start": "2027-01-15T08:00:00Z", "end": "2027-01-15T08:02:00Z",
+                                                "alerts": 3, "peak_score": 0.95, "top": "value_z=0.4"}).encode()])
+    view = IncidentsPage(hub)
+    view.update()
+    text = view.table.object
+    assert text.index("dp-2") < text.index("dp-1") and 'class="open"' in text and "2.0 min" in text
+    assert "/keys?key=dp-2&at=" in text and ">1<" in view._summary.object
+    assert "no incidents yet" in incidents_html(hub.state.incidents()[1].iloc[:0])
+
+
+@pytest.fixture(scope="module")
+def registry_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    tmp = tmp_path_factory.mktemp("models")
+    cfg = load("configs/demo.yaml", environ={}, overrides={"lake": {"path": str(tmp / "lake")},
+                                                            "model": {"save_dir": str(tmp / "models")}})
+    champion = scored_day_with_champion(cfg, station_day(dt.date(2027, 1, 15), 6_000, seed=3), rows=3_000)
+    record(cfg.registry, "promote", champion.version, reason="promoted by hand")
+    return cfg
+
+
+def test_models_page_shows_the_live_version_and_history(registry_cfg: Config, hub: Hub) -> None:
+    watch = ModelsWatch(registry_cfg)
+    assert watch.poll() and not watch.poll()  # read once; again only when the files change
+    view = ModelsPage(Hub.build(hub.state, models=watch))
+    view.update()
+    live = watch.document()[1]["current"]["version"]  # type: ignore[index]
+    assert live in view._live.object and "promoted by hand" in view._history.object
+    assert 'class="iso-badge live"' in view._versions.object
+    assert "no shadow candidate" in view._shadow.object
+
+
+def test_models_page_without_a_registry_says_what_it_waits_for(tmp_path: Path, hub: Hub) -> None:
+    cfg = load(environ={}, overrides={"model": {"save_dir": str(tmp_path / "none")}})
+    watch = ModelsWatch(cfg)
+    watch.poll()
+    view = ModelsPage(Hub.build(hub.state, models=watch))
+    view.update()
+    assert "no model registry at" in view._live.object
+
+
+# -- the broadcaster -----------------------------------------------------------------------------------------
+class Doc:
+    """Stands in for a Bokeh document: queues callbacks as the server's IOLoop would."""
+
+    def __init__(self) -> None:
+        self.queued: list[Any] = []
+
+    def add_next_tick_callback(self, cb: Any) -> None:
+        self.queued.append(cb)
+
+    def run(self) -> None:
+        queued, self.queued = self.queued, []
+        for cb in queued:
+            cb()
+
+
+class Page:
+    def __init__(self) -> None:
+        self.missed = self.coalesced = self.calls = 0
+
+    def update(self) -> None:
+        self.calls += 1
+
+
+def test_broadcaster_ticks_only_loaded_pages_and_coalesces(hub: Hub) -> None:
+    b = Broadcaster(hub.state, 100)
+    early, loaded, doc = Page(), Page(), Doc()
+    b.session_created()
+    b.session_created()
+    b.register(loaded, doc)  # ``early`` never loads: it is never ticked
+    b._fan_out()
+    b._fan_out()  # the first update has not run yet: not queued twice
+    assert len(doc.queued) == 1 and loaded.coalesced == 1
+    doc.run()
+    assert loaded.calls == 1 and early.calls == 0
+    status = b.status()
+    assert status["sessions"] == {"live": 2, "created": 2, "loaded": 1, "destroyed": 0, "ticking": 1}
+    assert status["coalesced_updates"] == 1
+    b.session_destroyed(loaded)
+    b.session_destroyed(None)  # the page that never loaded
+    b._fan_out()
+    assert doc.queued == [] and b.status()["sessions"]["live"] == 0
+    assert b.status()["coalesced_updates"] == 1  # a gone page's counts are kept
+
+
+def test_broadcaster_survives_a_failing_page(hub: Hub) -> None:
+    class Broken(Page):
+        def update(self) -> None:
+            raise RuntimeError("boom")
+
+    b = Broadcaster(hub.state, 100)
+    doc = Doc()
+    b.register(Broken(), doc)
+    b._fan_out()
+    doc.run()
+    assert b.errors == 1
+
+
+def test_broadcaster_thread_ticks_the_state(hub: Hub) -> None:
+    b = Broadcaster(hub.state, 20).start()
+    try:
+        end = time.monotonic() + 10
+        while hub.state.ticks.seq < 5 and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        b.stop()
+    assert hub.state.ticks.seq >= 5
+
+
+# -- serving options --------------------------------------------------------------------------------------------
+def test_routes_are_the_five_pages(hub: Hub) -> None:
+    assert set(routes(hub)) == {"/", "/keys", "/incidents", "/models", "/history"}
+
+
+def test_websocket_origins_default_to_the_bound_address() -> None:
+    assert websocket_origins("127.0.0.1", 5006) == ["127.0.0.1:5006", "localhost:5006"]
+    assert websocket_origins("10.0.0.5", 80, ["dash.example.com"]) == ["10.0.0.5:80", "dash.example.com"]
+
+
+def test_auth_options_pass_through_and_stay_secret() -> None:
+    cfg = load(environ={}, overrides={"dashboard": {"auth": {"basic_auth": "s3cret", "cookie_secret": "c",
+                                                             "oauth_provider": "github", "oauth_key": "id"}}})
+    assert auth_options(cfg) == {"basic_auth": "s3cret", "cookie_secret": "c", "oauth_provider": "github",
+                                 "oauth_key": "id"}
+    assert "s3cret" not in repr(cfg.dashboard)
+    assert auth_options(load(environ={})) == {}

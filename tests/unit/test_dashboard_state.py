@@ -1,21 +1,24 @@
-"""LiveState fed directly (no Kafka): histogram, per-second throughput, KPIs, bad records, alerts, threads."""
+"""LiveState fed directly (no Kafka): ticks, histogram, KPIs, bad records, alerts, incidents, metrics, keys."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from dashboards.aggregate import PerSecond, RollingHistogram
-from dashboards.records import parse_score, parse_stats
+from dashboards.aggregate import RollingHistogram
+from dashboards.keys import KeyStore
+from dashboards.records import parse_incident, parse_score, parse_stats, parse_window
 from dashboards.state import LiveState
+from dashboards.ticks import BACKLOG_MS, TickRing
 from engine.config import Topics
 from engine.outputs import SCORE_BINS
+from engine.telemetry import GroupMetrics, metrics_record
 
-T0 = 1_800_000_000.0  # a fixed "now" so per-second buckets are exact
+T0 = 1_800_000_000.0  # a fixed "now"
 
 
 class Clock:
@@ -26,19 +29,24 @@ class Clock:
         return self.now
 
 
-def score_rec(score: float, *, anomaly: bool = False, threshold: float = 0.6, version: str = "v1") -> bytes:
+def score_rec(score: float, *, anomaly: bool = False, threshold: float = 0.6, version: str = "v1", key: str = "k",
+              value: float = 1.0, at: str = "2027-01-15T08:00:00Z") -> bytes:
     return json.dumps(
-        {"key": "k", "event_time": "2027-01-15T08:00:00Z", "score": score, "threshold": threshold,
-         "is_anomaly": anomaly, "model_version": version, "partition": 0, "offset": 1}
+        {"key": key, "event_time": at, "score": score, "threshold": threshold, "is_anomaly": anomaly,
+         "model_version": version, "partition": 0, "offset": 1, "value": value}
     ).encode()
 
 
 def stats_rec(events: int, anomalies: int = 0, dead: int = 0, lag: int = 0, version: str = "v1") -> bytes:
     return json.dumps(
-        {"ts": T0, "events": events, "events_per_s": 100.0, "dead_letters": dead, "anomalies": anomalies,
-         "lag": lag, "batch_latency_ms": 12.5, "model_version": version, "threshold": 0.6,
-         "score_hist": {"edges": [0.0, 1.0], "counts": [events]}}
+        {"kind": "batch", "ts": T0, "events": events, "events_per_s": 100.0, "dead_letters": dead,
+         "anomalies": anomalies, "lag": lag, "batch_latency_ms": 12.5, "model_version": version, "threshold": 0.6}
     ).encode()
+
+
+def incident_rec(iid: str, status: str, key: str = "k", start: str = "2027-01-15T08:00:00Z") -> bytes:
+    return json.dumps({"incident_id": iid, "status": status, "key": key, "start": start, "end": start,
+                       "alerts": 2, "peak_score": 0.9, "top": "value_z=0.5", "model_version": "v1"}).encode()
 
 
 @pytest.fixture
@@ -48,180 +56,227 @@ def clock() -> Clock:
 
 @pytest.fixture
 def state(clock: Clock) -> LiveState:
-    return LiveState({"bootstrap.servers": "127.0.0.1:1"}, Topics(), history_s=60, max_scores=1_000, clock=clock)
+    return LiveState({"bootstrap.servers": "127.0.0.1:1"}, Topics(), history_s=60, max_scores=1_000, clock=clock,
+                     key_field="datapoint_id", value_fields=("value",), baseline_events=4)
 
 
+# -- histogram ------------------------------------------------------------------------------------------------
 def test_histogram_counts_the_scores_in_the_engine_bins(state: LiveState, seed: int) -> None:
-    scores = np.random.default_rng(seed).beta(2, 5, size=700)
-    assert state.ingest_scores([score_rec(float(s)) for s in scores]) == 700
-    snap = state.snapshot()
-    assert snap.histogram["count"].sum() == snap.scores_in_histogram == 700
-    np.testing.assert_array_equal(snap.histogram["count"], np.histogram(scores, bins=SCORE_BINS)[0])
-    np.testing.assert_allclose(snap.histogram["left"], SCORE_BINS[:-1])
-    assert snap.threshold == 0.6
+    scores = np.random.default_rng(seed).uniform(size=500)
+    state.ingest_scores([score_rec(float(s)) for s in scores])
+    _, frame, threshold = state.histogram()
+    expected, _ = np.histogram(scores, bins=SCORE_BINS)
+    assert frame["count"].tolist() == expected.tolist() and threshold == 0.6
 
 
-def test_histogram_keeps_only_the_last_max_scores(state: LiveState, seed: int) -> None:
-    scores = np.random.default_rng(seed).uniform(size=2_500)
-    for chunk in np.array_split(scores, 7):  # uneven batches wrap the ring at different points
-        state.ingest_scores([score_rec(float(s)) for s in chunk])
-    counts = state.snapshot().histogram["count"].to_numpy()
-    assert counts.sum() == 1_000
-    np.testing.assert_array_equal(counts, np.histogram(scores[-1_000:], bins=SCORE_BINS)[0])
+def test_histogram_keeps_only_the_last_max_scores(state: LiveState) -> None:
+    state.ingest_scores([score_rec(0.01)] * 1_000)
+    state.ingest_scores([score_rec(0.99)] * 400)
+    counts = state.histogram()[1]["count"].to_numpy()
+    assert counts[0] == 600 and counts[-1] == 400 and counts.sum() == 1_000
 
 
 def test_rolling_histogram_clips_out_of_range_scores() -> None:
     h = RollingHistogram(capacity=10, edges=np.array([0.0, 0.5, 1.0]))
-    h.add(np.array([-3.0, 0.0, 1.0, 7.0]))
-    assert h.counts.tolist() == [2, 2]
+    h.add(np.array([-3.0, 7.0]))
+    assert h.counts.tolist() == [1, 1]
     with pytest.raises(ValueError, match="capacity"):
-        RollingHistogram(capacity=0)
+        RollingHistogram(0)
 
 
-def test_throughput_and_anomalies_per_second(state: LiveState, clock: Clock) -> None:
-    # 3 events in second T0-2 (one anomalous), none in T0-1, 2 in T0 (both anomalous)
-    stamps = [T0 - 2 + 0.1, T0 - 2 + 0.5, T0 - 2 + 0.9, T0 + 0.2, T0 + 0.4]
-    flags = [False, True, False, True, True]
-    state.ingest_scores([score_rec(0.5, anomaly=f) for f in flags], stamps)
-    timeline = state.snapshot().timeline
-    assert len(timeline) == 60  # one zero-filled row per second of history
-    assert timeline["time"].iloc[-1] == np.datetime64(int(T0), "s")
-    assert timeline["events"].tail(3).tolist() == [3, 0, 2]
-    assert timeline["anomalies"].tail(3).tolist() == [1, 0, 2]
-    assert timeline["anomaly_rate"].tail(3).tolist() == pytest.approx([1 / 3, 0.0, 1.0])
-    assert timeline["events"].sum() == 5
+# -- the tick ring ----------------------------------------------------------------------------------------------
+def test_ticks_count_live_arrivals_and_rates_average_one_second() -> None:
+    ring = TickRing(tick_ms=100, history_s=10)
+    for i in range(20):  # 20 ticks; 50 events arrive in every other tick
+        now = T0 * 1000 + i * 100
+        if i % 2 == 0:
+            ring.add_events(np.full(50, now - 50), np.arange(50) < 5, now_ms=now)
+        ring.tick(now + 100)
+    rows = ring.since(10)
+    assert rows["seq"].tolist() == list(range(11, 21))
+    assert rows["events"].sum() == 250 and rows["anomalies"].sum() == 25
+    # 5 bursts of 50 per second of ticks: 250 events/s, 25 anomalies/s, steady once the window is full
+    assert rows["events_per_s"].tolist() == pytest.approx([250.0] * 10)
+    assert rows["anomalies_per_s"].tolist() == pytest.approx([25.0] * 10)
+    assert rows["kafka_ts_ms"].notna().sum() == 5
 
 
-def test_timeline_slides_and_forgets_old_seconds(state: LiveState, clock: Clock) -> None:
-    state.ingest_scores([score_rec(0.1)] * 4, [T0] * 4)
-    state.ingest_scores([score_rec(0.1)], [T0 - 3_600])  # an hour old: outside the window, not counted
-    assert state.snapshot().timeline["events"].sum() == 4
-    clock.now = T0 + 61
-    assert state.snapshot().timeline["events"].sum() == 0
-    assert state.snapshot().scores_in_histogram == 5  # the histogram is bounded by count, not time
+def test_backlog_lands_at_its_own_time_not_as_a_burst_now() -> None:
+    ring = TickRing(tick_ms=100, history_s=10)
+    now = T0 * 1000
+    ring.tick(now)  # the ring is prefilled: 10 s of empty history exist already
+    old = now - 5_000.0  # 5 s ago: backlog read on start
+    ring.add_events(np.full(30, old), np.zeros(30, dtype=bool), now_ms=now + 50)
+    ring.add_events(np.full(7, now - 10), np.zeros(7, dtype=bool), now_ms=now + 50)  # live
+    ring.add_events(np.full(9, now - 60_000.0), np.zeros(9, dtype=bool), now_ms=now + 50)  # older than the ring
+    row = ring.tick(now + 100)
+    assert row.events == 7
+    frame = ring.frame()
+    assert len(frame) == ring.size and frame["events"].sum() == 37
+    landed = frame.loc[frame["events"] == 30, "t"]
+    assert len(landed) == 1 and abs(landed.iloc[0] - old) <= 100
+    assert BACKLOG_MS < 5_000
 
 
-def test_per_second_rejects_a_nonpositive_window() -> None:
-    with pytest.raises(ValueError, match="history_s"):
-        PerSecond(history_s=0)
+def test_missed_counts_ticks_that_left_the_ring() -> None:
+    ring = TickRing(tick_ms=100, history_s=1)  # 10 rows
+    for i in range(25):
+        ring.tick(T0 * 1000 + i * 100)
+    assert ring.missed(20) == 0 and ring.missed(5) == 10
+    assert ring.since(5)["seq"].tolist() == list(range(16, 26))
+    with pytest.raises(ValueError, match="tick_ms"):
+        TickRing(tick_ms=0)
 
 
-def test_kpis_come_from_stats_totals(state: LiveState, clock: Clock) -> None:
-    state.ingest_scores([score_rec(0.2)] * 3)
-    kpis = state.snapshot().kpis
-    assert (kpis.events, kpis.anomalies, kpis.lag) == (3, 0, None)  # no stats yet: counted from scores
-    state.ingest_stats([stats_rec(500, anomalies=4, dead=1, lag=30), stats_rec(250, anomalies=2, lag=7, version="v2")])
-    kpis = state.snapshot().kpis
-    assert (kpis.events, kpis.anomalies, kpis.dead_letters, kpis.lag) == (750, 6, 1, 7)
-    assert kpis.model_version == "v2"
-    assert kpis.batch_latency_ms == 12.5
+def test_state_ticks_carry_engine_lag_and_latency(state: LiveState, clock: Clock) -> None:
+    g = GroupMetrics("events/p0", pipeline="events")
+    g.add(records_in=10, events_scored=10)
+    g.lag = 42
+    g.observe_committed(np.full(10, T0 * 1000 - 250), committed_at_s=T0)
+    state.ingest_metrics([metrics_record("events", "events/p0", g.snapshot())])
+    row = state.tick()
+    assert row.lag == 42 and 200 <= row.latency_p50_ms <= 300
+    k = state.kpis()
+    assert k.lag == 42 and k.latency_p99_ms is not None and 200 <= k.latency_p99_ms <= 300
 
 
-def test_events_per_s_is_the_mean_of_the_last_five_complete_seconds(state: LiveState, clock: Clock) -> None:
-    for k in range(1, 6):
-        state.ingest_scores([score_rec(0.3)] * (10 * k), [T0 - k + 0.5] * (10 * k))
-    state.ingest_scores([score_rec(0.3)] * 99, [T0 + 0.1] * 99)  # the current, partial second is excluded
-    assert state.snapshot().kpis.events_per_s == pytest.approx(30.0)
+# -- totals, bad records -------------------------------------------------------------------------------------
+def test_kpis_come_from_stats_totals(state: LiveState) -> None:
+    state.ingest_scores([score_rec(0.9, anomaly=True)] * 3)
+    assert state.kpis().events == 3  # before any stats record: the scores seen
+    state.tick()
+    state.ingest_stats([stats_rec(100, anomalies=4, dead=2, lag=3, version="v9"), stats_rec(50, anomalies=1, lag=7)])
+    state.tick()
+    k = state.kpis()
+    assert (k.events, k.anomalies, k.dead_letters, k.lag) == (150, 5, 2, 7)
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [b"", b"not json", b"[1, 2]", b'"a string"', b"\xff\xfe", b'{"score": "high"}', b'{"score": NaN}',
-     b'{"score": true}', b'{"threshold": 0.5}', b'{"score": 1e999}'],
-)
+@pytest.mark.parametrize("bad", [b"not json", b"[1, 2]", b'{"score": "high"}', b'{"score": null}', b"", b'{"score": true}'])
 def test_bad_score_records_are_skipped_and_counted(state: LiveState, bad: bytes) -> None:
-    assert state.ingest_scores([score_rec(0.4), bad, score_rec(0.9, anomaly=True)]) == 2
-    snap = state.snapshot()
-    assert snap.scores_in_histogram == 2
-    assert snap.kpis.bad_records == 1
-    assert state.bad_records == {"scores": 1, "stats": 0, "alerts": 0}
+    assert state.ingest_scores([bad, score_rec(0.5)]) == 1
+    assert state.bad_records["scores"] == 1 and state.scores_in_histogram == 1
 
 
-def test_bad_stats_and_alerts_are_skipped_and_counted(state: LiveState) -> None:
-    assert state.ingest_stats([b"{", b'{"events": -1}', b'{"events": "3"}', stats_rec(10)]) == 1
-    assert state.ingest_alerts([b"null", b'{"no": "score"}', b'{"score": 0.9}']) == 1
-    assert state.bad_records == {"scores": 0, "stats": 3, "alerts": 2}
-    assert state.snapshot().kpis.events == 10
+def test_bad_records_of_every_topic_are_counted_never_raised(state: LiveState) -> None:
+    state.ingest_stats([b"{}", b"nope", json.dumps({"kind": "window", "count": 3}).encode()])
+    state.ingest_alerts([b'{"no": "score"}'])
+    state.ingest_incidents([b'{"incident_id": "x", "status": "maybe"}', b"{}"])
+    state.ingest_metrics([b'{"pipeline": 1}', b"[]"])
+    state.ingest_control([b'{"version": "v1"}'])
+    state.ingest_reports([b'{"kind": "other"}'])
+    assert state.bad_records == {"scores": 0, "stats": 3, "alerts": 1, "incidents": 2, "metrics": 2, "control": 1,
+                                 "reports": 1}
 
 
 def test_record_parsers_read_the_architecture_formats() -> None:
-    rec = parse_score(score_rec(0.75, anomaly=True, threshold=0.7, version="v3"))
-    assert rec is not None and (rec.score, rec.is_anomaly, rec.threshold, rec.model_version) == (0.75, True, 0.7, "v3")
-    stats = parse_stats(stats_rec(42, anomalies=3, dead=2, lag=9))
-    assert stats is not None and (stats.events, stats.anomalies, stats.dead_letters, stats.lag) == (42, 3, 2, 9)
-    assert parse_score({"score": 0.5}) == parse_score('{"score": 0.5}')
+    assert parse_score(score_rec(0.7, anomaly=True)).is_anomaly  # type: ignore[union-attr]
+    assert parse_stats(stats_rec(5)).events == 5  # type: ignore[union-attr]
+    rec = parse_incident(incident_rec("i1", "open"))
+    assert rec is not None and rec["start_ms"] == pd.Timestamp("2027-01-15T08:00:00Z").timestamp() * 1000
+    assert parse_incident(b'{"incident_id": "i1", "status": "open"}') is None  # no start time
+    assert parse_window({"kind": "window", "count": 1, "window_start": "bad", "window_end": "x"}, "k") is None
 
 
-def test_alerts_table_is_newest_first_with_readable_columns(state: LiveState) -> None:
-    alerts = [
-        {"station_id": f"s{i}", "datapoint_id": "d", "event_time": f"2027-01-15T08:00:0{i}Z", "value": float(i),
-         "score": 0.912345 + i / 100, "threshold": 0.6, "is_anomaly": True, "model_version": "v1",
-         "kafka_partition": 0, "kafka_offset": i, "explanation": {"value": "high"}}
-        for i in range(3)
-    ]
-    assert state.ingest_alerts([json.dumps(a) for a in alerts]) == 3
-    table = state.snapshot().alerts
-    assert table["station_id"].tolist() == ["s2", "s1", "s0"]
-    assert table.columns[0] == "event_time"
-    assert list(table.columns[-4:]) == ["score", "threshold", "explanation", "model_version"]
-    assert "is_anomaly" not in table and "kafka_offset" not in table
-    assert table["score"].iloc[0] == pytest.approx(0.9323)
-    assert table["explanation"].iloc[0] == '{"value": "high"}'
+# -- alerts, incidents, models -----------------------------------------------------------------------------------
+def test_alerts_table_is_newest_first_and_window_alerts_apart(state: LiveState) -> None:
+    for i in range(3):
+        state.ingest_alerts([json.dumps({"event_time": f"2027-01-15T08:00:0{i}Z", "datapoint_id": f"d{i}",
+                                         "score": 0.9, "kafka_offset": i, "explanation": f"e{i}"}).encode()])
+    state.ingest_alerts([json.dumps({"kind": "window_alert", "datapoint_id": "d9", "count": 5}).encode()])
+    seq, frame = state.alerts()
+    assert frame["datapoint_id"].tolist() == ["d2", "d1", "d0"] and "kafka_offset" not in frame
+    assert list(frame.columns)[0] == "event_time" and list(frame.columns)[-1] == "explanation"
+    assert state.alerts()[1] is frame and state.alerts()[0] == seq  # shared until new alerts arrive
+    assert len(state.window_alerts()[1]) == 1 and state.bad_records["alerts"] == 0
+    assert state.key_alerts("d1")["datapoint_id"].tolist() == ["d1"]
 
 
-def test_alerts_table_is_bounded(clock: Clock) -> None:
-    state = LiveState({}, history_s=10, max_alerts=50, alerts_shown=5, clock=clock)
-    state.ingest_alerts([{"score": 0.9, "key": str(i)} for i in range(200)])
-    assert state.snapshot().alerts["key"].tolist() == ["199", "198", "197", "196", "195"]
+def test_incidents_keep_the_latest_record_open_first_and_bounded(clock: Clock) -> None:
+    state = LiveState({}, max_incidents=3, clock=clock)
+    state.ingest_incidents([incident_rec("a", "open"), incident_rec("b", "open"), incident_rec("c", "open")])
+    state.ingest_incidents([incident_rec("a", "closed")])
+    frame = state.incidents()[1]
+    assert frame["incident_id"].tolist() == ["c", "b", "a"] and frame["status"].tolist() == ["open", "open", "closed"]
+    state.ingest_incidents([incident_rec("d", "open")])  # over the bound: the closed one goes first
+    assert sorted(state.incidents()[1]["incident_id"]) == ["b", "c", "d"]
 
 
-def test_snapshot_is_shared_until_data_or_the_second_changes(state: LiveState, clock: Clock) -> None:
-    first = state.snapshot()
-    assert state.snapshot() is first  # every session in the same second gets the same object
-    clock.now += 0.5
-    assert state.snapshot() is first
-    clock.now += 1.0
-    second = state.snapshot()
-    assert second is not first and second.version == first.version
-    state.ingest_scores([score_rec(0.5)])
-    third = state.snapshot()
-    assert third.version == second.version + 1
-    assert state.ingest_scores([b"junk"]) == 0
-    assert state.snapshot().version == third.version  # nothing usable: no redraw
+def test_metrics_give_dead_letters_by_reason_and_shadow_counts(state: LiveState) -> None:
+    for group, reasons, shadow in (("p0", {"bad_json": 3}, [10, 9, 1, 1]), ("p1", {"bad_json": 1, "too_big": 2},
+                                                                          [5, 5, 0, 0])):
+        g = GroupMetrics(f"events/{group}", pipeline="events")
+        g.add_dead_letters(reasons)
+        g.add_shadow("v2", shadow)
+        state.ingest_metrics([metrics_record("events", f"events/{group}", g.snapshot())])
+    assert state.dead_letters()[1] == {"bad_json": 4, "too_big": 2}
+    assert state.model_events()[2] == {"v2": [15, 14, 1, 1]}
+    state.ingest_control([b'{"action": "swap", "version": "v2", "pipeline": "events"}'], [T0])
+    assert state.model_events()[1][-1]["version"] == "v2"
 
 
-def test_ingest_scores_rejects_mismatched_timestamps(state: LiveState) -> None:
-    with pytest.raises(ValueError, match="2 records but 1 timestamps"):
-        state.ingest_scores([score_rec(0.1), score_rec(0.2)], [T0])
+# -- keys ---------------------------------------------------------------------------------------------------------
+def test_keys_keep_readings_band_and_windows(state: LiveState, seed: int) -> None:
+    values = np.random.default_rng(seed).normal(10, 1, size=20)
+    state.ingest_scores([score_rec(0.3, key="dp-1", value=float(v), anomaly=i == 15,
+                                   at=f"2027-01-15T08:00:{i:02d}Z") for i, v in enumerate(values)])
+    cursor, series = state.key_series("dp-1")
+    assert cursor == 20 and series["value"].tolist() == pytest.approx(values.tolist())
+    assert series["is_anomaly"].sum() == 1
+    assert series["t"].iloc[1] - series["t"].iloc[0] == 1_000.0  # event time, ms
+    # the band of row i: median ± 3 x 1.4826 x MAD of the 4 readings before it
+    prev = values[6:10]
+    med = np.median(prev)
+    half = 3 * 1.4826 * np.median(np.abs(prev - med))
+    assert series["value_lo"].iloc[10] == pytest.approx(med - half)
+    assert series["value_hi"].iloc[10] == pytest.approx(med + half)
+    assert series["value_lo"].iloc[:4].isna().all()
+    assert len(state.key_series("dp-1", after=17)[1]) == 3 and state.key_series("dp-1", after=20)[1].empty
+    win = {"kind": "window", "datapoint_id": "dp-1", "window_start": "2027-01-15T08:00:00Z",
+           "window_end": "2027-01-15T08:01:00Z", "count": 20, "alarms": 2, "value_mean": 10.0, "revision": 1}
+    state.ingest_stats([json.dumps(win).encode(), json.dumps({**win, "count": 21, "revision": 2}).encode()])
+    count, windows = state.key_windows("dp-1")
+    assert count == 1 and windows["count"].tolist() == [21]  # the revision replaced its window
 
 
-def test_concurrent_ingest_and_snapshots_lose_nothing(clock: Clock) -> None:
-    state = LiveState({}, history_s=60, max_scores=100_000, clock=clock)
-    batches, per_batch = 50, 40
+def test_key_store_is_bounded_in_keys_and_points() -> None:
+    store = KeyStore(("value",), max_keys=3, points=5)
+    for i in range(5):
+        store.add_points(np.array([f"k{i}"] * 8, dtype=object), np.arange(8.0), np.full(8, 0.2), np.zeros(8, bool),
+                         {"value": np.arange(8.0)})
+    assert [k for k, _, _ in store.keys()] == ["k2", "k3", "k4"] and store.forgotten == 2
+    assert store.series("k4")["value"].tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert store.cursor("k4") == 8 and store.series("gone").empty
+    with pytest.raises(ValueError, match="max_keys"):
+        KeyStore((), max_keys=0)
 
-    def feed() -> None:
-        for _ in range(batches):
-            state.ingest_scores([score_rec(0.5)] * per_batch, [T0] * per_batch)
-            state.ingest_stats([stats_rec(per_batch)])
 
-    threads = [threading.Thread(target=feed) for _ in range(3)]
+# -- threads ------------------------------------------------------------------------------------------------------
+def test_concurrent_ingest_ticks_and_reads_lose_nothing(clock: Clock) -> None:
+    state = LiveState({}, history_s=60, max_scores=100_000, clock=clock, value_fields=("value",))
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            state.tick()
+            state.timeline(0)
+            state.kpis()
+            state.key_series("k")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    while any(t.is_alive() for t in threads):
-        state.snapshot()  # readers race the writers
+    for _ in range(50):
+        state.ingest_scores([score_rec(0.4)] * 100)
+    done.set()
     for t in threads:
         t.join()
-    snap = state.snapshot()
-    assert snap.scores_in_histogram == snap.timeline["events"].sum() == 3 * batches * per_batch
-    assert snap.kpis.events == 3 * batches * per_batch
+    state.tick()  # the numbers are built once per tick
+    assert state.scores_in_histogram == 5_000 and state.kpis().events == 5_000
 
 
 def test_start_and_stop_without_a_reachable_broker() -> None:
     state = LiveState({"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": 1000})
     state.start()
     assert state.running
-    time.sleep(0.3)
-    started = time.monotonic()
-    state.stop()
+    state.stop(timeout_s=10)
     assert not state.running
-    assert time.monotonic() - started < 8  # bounded by the metadata timeout, not a hang

@@ -278,11 +278,12 @@ def test_dashboard_state_folds_in_json_and_arrow_scores_records_alike(seed: int)
     halves = [scores_frame(scored, "datapoint_id", "event_time").iloc[i:i + 150] for i in (0, 150)]
     values = [encode_scores_arrow(halves[0]), b"junk", encode_scores_arrow(halves[1]), ARROW_STREAM_MAGIC]
     assert arrow_state.ingest_scores(values, [1.0, 1.0, 2.0, 2.0]) == 299
-    by_json, by_arrow = json_state.snapshot(), arrow_state.snapshot()
-    pd.testing.assert_frame_equal(by_json.histogram, by_arrow.histogram)
-    assert by_json.scores_in_histogram == by_arrow.scores_in_histogram == 299
-    assert (by_json.kpis.anomalies, by_json.threshold, by_json.kpis.model_version) == \
-        (by_arrow.kpis.anomalies, by_arrow.threshold, by_arrow.kpis.model_version) == (30, 0.6123, "v7")
+    (_, hist_json, thr_json), (_, hist_arrow, thr_arrow) = json_state.histogram(), arrow_state.histogram()
+    pd.testing.assert_frame_equal(hist_json, hist_arrow)
+    assert json_state.scores_in_histogram == arrow_state.scores_in_histogram == 299
+    k_json, k_arrow = json_state.kpis(), arrow_state.kpis()
+    assert (k_json.anomalies, thr_json, k_json.model_version) == \
+        (k_arrow.anomalies, thr_arrow, k_arrow.model_version) == (30, 0.6123, "v7")
     assert json_state.bad_records["scores"] == 1 and arrow_state.bad_records["scores"] == 3  # NaN, junk, marker
     empty = encode_scores_arrow(halves[0].iloc[:0])
     assert arrow_state.ingest_scores([empty]) == 0 and arrow_state.bad_records["scores"] == 3

@@ -1,0 +1,43 @@
+"""Everything one dashboard server process shares between its browser sessions.
+
+One :class:`Hub` per process: the live state and its one consumer, the broadcaster's clock, the registry
+watcher and the lake's history queries. Pages hold a reference to it and nothing else that is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dashboards.broadcast import Broadcaster
+from dashboards.models_watch import ModelsWatch
+from dashboards.state import LiveState
+
+
+@dataclass
+class Hub:
+    """The shared parts; ``start``/``stop`` run the consumer and the clock."""
+
+    state: LiveState
+    broadcaster: Broadcaster
+    models: ModelsWatch | None = None
+    history: Any = None  # dashboards.history.History, when a lake is configured
+    dask_url: str | None = None
+    key_field: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, state: LiveState, *, tick_ms: int = 100, models: ModelsWatch | None = None, history: Any = None,
+              dask_url: str | None = None) -> Hub:
+        """A hub over ``state`` whose clock also polls ``models`` (every 2 s, off the server's event loop)."""
+        broadcaster = Broadcaster(state, tick_ms, on_tick=models.poll if models is not None else None)
+        return cls(state, broadcaster, models, history, dask_url, state.key_field)
+
+    def start(self) -> Hub:
+        self.state.start()
+        self.broadcaster.start()
+        return self
+
+    def stop(self) -> None:
+        self.broadcaster.stop()
+        self.state.stop()

@@ -1,0 +1,84 @@
+"""What every live page shares: its life cycle with the broadcaster, and its status line.
+
+A page does no work until its browser has loaded it, and none after Bokeh destroys its session (the browser
+went away, before or after the page loaded): see :mod:`dashboards.broadcast`.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import panel as pn
+
+from dashboards.hub import Hub
+from dashboards.theme import html_pane, template
+
+STATUS_EVERY_S = 1.0
+
+
+class LivePage(pn.viewable.Viewer):
+    """Base of the live pages: ``draw()`` runs on every tick the page is due; ``body()`` builds the layout."""
+
+    title = "live"
+    path = "/"
+
+    def __init__(self, hub: Hub, **params: Any) -> None:
+        super().__init__(**params)
+        self.hub = hub
+        self.missed = 0  # ticks this page never drew (they left the ring before it could)
+        self.coalesced = 0  # ticks drawn late, together with the next one
+        self.updates = 0
+        self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width")
+        self._status_at = 0.0
+
+    # -- the broadcaster's side ---------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Hook this page to its browser session (no-op outside a served document, e.g. in tests)."""
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            return
+        b = self.hub.broadcaster
+        b.session_created()
+        pn.state.onload(lambda: b.register(self, doc))
+        doc.on_session_destroyed(lambda _ctx: b.session_destroyed(self))
+
+    def update(self) -> None:
+        """One tick: draw what changed, and the status line once a second."""
+        self.updates += 1
+        self.draw()
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S:
+            self._status_at = now
+            self._status.object = self.status_line()
+
+    def draw(self) -> None:  # pragma: no cover - every page has its own
+        raise NotImplementedError
+
+    def status_line(self) -> str:
+        state = self.hub.state
+        at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
+        feed = "consuming the engine's topics" if state.running else "not consuming (no broker?)"
+        bad = sum(state.bad_records.values())
+        parts = [feed, f"updated {at}", f"{self.hub.broadcaster.tick_ms} ms ticks"]
+        if self.missed or self.coalesced:
+            parts.append(f"this page: {self.missed:,} missed, {self.coalesced:,} late updates")
+        else:
+            parts.append("no missed updates")
+        if bad:
+            parts.append(f"{bad:,} bad records skipped")
+        return " · ".join(parts)
+
+    # -- the layout --------------------------------------------------------------------------------------------
+    def body(self) -> list[Any]:  # pragma: no cover - every page has its own
+        raise NotImplementedError
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self._status, *self.body(), sizing_mode="stretch_width")
+
+    def page(self) -> pn.template.BaseTemplate:
+        """This page in the shared template, hooked to its session: what a route serves."""
+        self.attach()
+        self.update()
+        return template(self.title, self.path, self._status, *self.body())

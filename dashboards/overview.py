@@ -1,0 +1,188 @@
+"""The Overview page: headline numbers, throughput, anomalies, latency, lag, scores, dead letters, latest alerts.
+
+Every tick streams the ring's new rows into one ``ColumnDataSource`` (``live-timeline``) that the four time
+charts share; the histogram, tables and numbers are re-sent only when their own data changed, at most once
+a second.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import panel as pn
+from bokeh.models import ColumnDataSource, Span
+from bokeh.plotting import figure
+
+from dashboards.hub import Hub
+from dashboards.live_page import LivePage
+from dashboards.state import epoch_ms
+from dashboards.theme import (
+    ACCENT,
+    ALARM,
+    MUTED,
+    data_of,
+    empty,
+    html_pane,
+    kpis_html,
+    number,
+    source,
+    table_html,
+    time_figure,
+)
+from dashboards.ticks import COLUMNS
+
+SLOW_EVERY_S = 1.0  # tables, histogram and numbers: people do not read faster
+
+
+def alert_link(key_field: str | None) -> Any:
+    """A cell renderer: the alert's key as a link to its Keys view at the alert's time."""
+
+    def cell(value: Any, rec: dict[str, Any]) -> str:
+        if value is None:
+            return "–"
+        at = rec.get("_at_ms")
+        query = f"key={quote(str(value))}" + (f"&at={int(at)}" if isinstance(at, int | float) and at == at else "")
+        return f'<a href="/keys?{query}">{html.escape(str(value))}</a>'
+
+    return cell
+
+
+class Overview(LivePage):
+    """One browser session's Overview page."""
+
+    title = "Overview"
+    path = "/"
+
+    def __init__(self, hub: Hub, **params: Any) -> None:
+        super().__init__(hub, **params)
+        state = hub.state
+        self._seq = -state.ticks.size  # nothing drawn yet: the first update sends the whole ring
+        self._slow_at = 0.0
+        self._drawn: dict[str, int] = {}
+        self.timeline = source(COLUMNS, name="live-timeline")
+        self._figures = self._time_figures()
+        self.hist = ColumnDataSource({"left": [], "right": [], "count": []}, name="live-histogram")
+        self._threshold = Span(location=np.nan, dimension="height", line_color=ALARM, line_dash="dashed",
+                               line_width=2)
+        self._hist_fig = self._histogram_figure()
+        self._kpis = html_pane("", sizing_mode="stretch_width", css_classes=["iso-kpi-row"])
+        self._dead = html_pane(empty("no dead letters: every record so far decoded"), sizing_mode="stretch_width")
+        self._alerts = html_pane(empty("waiting for the first alert on the alerts topic"),
+                                    sizing_mode="stretch_width", css_classes=["alerts-table"],
+                                    styles={"overflow-x": "auto", "max-height": "420px"})
+        link = hub.dask_url
+        self._dask = html_pane(
+            f'<a href="{html.escape(link)}" target="_blank">Dask dashboard (the cluster) ↗</a>' if link else
+            empty("the engine's Dask dashboard: set dashboard.dask_url"), margin=(0, 10))
+
+    def _time_figures(self) -> list[Any]:
+        src = self.timeline
+        thr = time_figure("Throughput", "events / s")
+        thr.varea(x="t", y1=0, y2="events_per_s", source=src, color=ACCENT, alpha=0.35)
+        thr.line("t", "events_per_s", source=src, color=ACCENT, line_width=1.5)
+        ano = time_figure("Anomalies", "anomalies / s", y_format="0,0.[0]")
+        ano.varea(x="t", y1=0, y2="anomalies_per_s", source=src, color=ALARM, alpha=0.35)
+        ano.line("t", "anomalies_per_s", source=src, color=ALARM, line_width=1.5)
+        lat = time_figure("Latency, Kafka in → outputs committed (last 10 s)", "ms")
+        lat.line("t", "latency_p50_ms", source=src, color=ACCENT, line_width=1.5, legend_label="p50")
+        lat.line("t", "latency_p99_ms", source=src, color="#ff7f0e", line_width=1.5, legend_label="p99")
+        lat.legend.location = "top_left"
+        lag = time_figure("Consumer lag", "records not yet read")
+        lag.line("t", "lag", source=src, color=MUTED, line_width=1.5)
+        return [thr, ano, lat, lag]
+
+    def _histogram_figure(self) -> Any:
+        fig = figure(title="Recent scores", height=220, sizing_mode="stretch_width", toolbar_location=None, tools="",
+                     x_range=(0.0, 1.0), min_border_left=60)
+        fig.quad(left="left", right="right", top="count", bottom=0, source=self.hist, color=ACCENT, alpha=0.7,
+                 line_color="white")
+        fig.add_layout(self._threshold)
+        fig.xaxis.axis_label = "anomaly score"
+        fig.yaxis.axis_label = "events"
+        fig.y_range.start = 0
+        fig.title.text_font_size = "11pt"
+        return fig
+
+    def body(self) -> list[Any]:
+        pane = lambda f: pn.pane.Bokeh(f, sizing_mode="stretch_width")  # noqa: E731
+        return [
+            self._kpis,
+            pn.GridBox(*(pane(f) for f in self._figures[:2]), pane(self._hist_fig), ncols=3,
+                       sizing_mode="stretch_width"),
+            pn.GridBox(*(pane(f) for f in self._figures[2:]), pn.Column(
+                pn.pane.Markdown("#### Dead letters by reason", margin=(0, 10)), self._dead, self._dask,
+                sizing_mode="stretch_width"), ncols=3, sizing_mode="stretch_width"),
+            pn.pane.Markdown("#### Most recent alerts", margin=(0, 10)),
+            self._alerts,
+        ]
+
+    # -- updates ------------------------------------------------------------------------------------------------
+    def draw(self) -> None:
+        state = self.hub.state
+        self.missed += state.ticks.missed(self._seq) if self._seq > 0 else 0
+        rows = state.timeline(self._seq)
+        if len(rows):
+            data = data_of(rows, COLUMNS)
+            if self._seq <= 0:
+                self.timeline.data = data
+            else:
+                self.timeline.stream(data, rollover=state.ticks.size)
+            self._seq = int(rows["seq"].iloc[-1])
+        now = time.monotonic()
+        if now - self._slow_at >= SLOW_EVERY_S:
+            self._slow_at = now
+            self._draw_slow()
+
+    def _changed(self, part: str, seq: int) -> bool:
+        if self._drawn.get(part) == seq:
+            return False
+        self._drawn[part] = seq
+        return True
+
+    def _draw_slow(self) -> None:
+        state = self.hub.state
+        k = state.kpis()
+        text = kpis_html([
+            ("events scored", number(k.events), False),
+            ("anomalies", number(k.anomalies), bool(k.anomalies)),
+            ("events / s", number(k.events_per_s), False),
+            ("latency p50 / p99", f"{number(k.latency_p50_ms)} / {number(k.latency_p99_ms)} ms", False),
+            ("consumer lag", number(k.lag), False),
+            ("dead letters", number(k.dead_letters), bool(k.dead_letters)),
+            ("model version", k.model_version or "–", False),
+        ])
+        if self._kpis.object != text:
+            self._kpis.object = text
+        seq, hist, threshold = state.histogram()
+        if self._changed("hist", seq):
+            self.hist.data = data_of(hist, ("left", "right", "count"))
+            self._threshold.location = np.nan if threshold is None else threshold
+            self._hist_fig.title.text = ("Recent scores · " + (f"threshold {threshold:.3f}" if threshold is not None
+                                                               else "no threshold yet") +
+                                         f" · {state.scores_in_histogram:,} scores")
+        seq, dead = state.dead_letters()
+        if self._changed("dead", seq) and dead:
+            rows = sorted(dead.items(), key=lambda r: -r[1])
+            self._dead.object = ("<table class='iso'><tr><th>reason</th><th>records</th></tr>" + "".join(
+                f"<tr><td>{html.escape(r)}</td><td style='color:#d62728'>{n:,}</td></tr>" for r, n in rows) +
+                "</table>")
+        seq, alerts = state.alerts()
+        if self._changed("alerts", seq) and len(alerts):
+            self._alerts.object = alerts_table(alerts, self.hub.key_field)
+
+
+def alerts_table(alerts: Any, key_field: str | None) -> str:
+    """The alerts frame as a table whose key links to that key's view at the alert's time."""
+    frame = alerts.copy()
+    key_col = key_field if key_field and key_field in frame else ("key" if "key" in frame else None)
+    if "event_time" in frame:
+        stamps = pd.to_datetime(frame["event_time"], utc=True, errors="coerce", format="ISO8601")
+        frame["_at_ms"] = epoch_ms(stamps)
+    columns = [c for c in frame.columns if c != "_at_ms"]
+    cells = {key_col: alert_link(key_field)} if key_col else {}
+    return table_html(frame, columns, empty_text="no alerts yet", cells=cells)
