@@ -46,7 +46,7 @@ class _Slot:
 class Broadcaster:
     """Ticks ``state`` every ``tick_ms`` and fans the tick out to every loaded page, on its own document."""
 
-    def __init__(self, state: LiveState, tick_ms: int = 100, *, on_tick: Callable[[], None] | None = None,
+    def __init__(self, state: LiveState, tick_ms: int = 100, *, on_tick: Callable[[], object] | None = None,
                  every_s: float = 2.0) -> None:
         self.state = state
         self.tick_ms = int(tick_ms)

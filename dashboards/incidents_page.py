@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import pandas as pd
@@ -42,7 +42,8 @@ def incidents_html(frame: pd.DataFrame) -> str:
     if frame.empty:
         return empty("no incidents yet: the engine opens one on a key's first alert")
     frame = frame.head(SHOWN)
-    frame = frame.assign(duration=[_duration(r) for r in frame.to_dict("records")])
+    records = cast(list[dict[str, Any]], frame.to_dict("records"))
+    frame = frame.assign(duration=[_duration(r) for r in records])
     cells = {
         "status": lambda v, r: f'<span class="iso-badge {html.escape(str(v))}">{html.escape(str(v))}</span>',
         "key": lambda v, r: (f'<a href="/keys?key={quote(str(v))}&at={int(r["start_ms"])}">'

@@ -16,7 +16,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, Span
+from bokeh.models import ColumnDataSource
+from bokeh.models.annotations import Span
 
 from dashboards.hub import Hub
 from dashboards.live_page import LivePage
@@ -153,7 +154,7 @@ class KeysPage(LivePage):
         self.points.data = self._point_data(frame)
         self._empty.object = "" if len(frame) else empty(f"no recent events of {key} in this server's buffer")
         if self.hub.history is not None:
-            at = self._at.location
+            at = float(self._at.location) if isinstance(self._at.location, int | float) else float("nan")
             if at != at and len(frame):  # no time asked for: the day of the key's latest event
                 at = float(frame["t"].iloc[-1])
             day = (dt.datetime.fromtimestamp(at / 1000, dt.timezone.utc).date() if at == at else

@@ -106,7 +106,7 @@ class ModelsPage(LivePage):
 
     def _draw_registry(self, doc: dict[str, Any], error: str | None) -> None:
         current = doc.get("current") or {}
-        live = next((v for v in doc.get("versions", []) if v.get("live")), {})
+        live: dict[str, Any] = next((v for v in doc.get("versions", []) if v.get("live")), {})
         labels = live.get("live_labels") or {}
         self._live.object = kpis_html([
             ("live version", str(current.get("version") or "none yet"), False),

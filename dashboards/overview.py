@@ -15,7 +15,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, Span
+from bokeh.models import ColumnDataSource, Range1d
+from bokeh.models.annotations import Span
 from bokeh.plotting import figure
 
 from dashboards.hub import Hub
@@ -97,8 +98,8 @@ class Overview(LivePage):
         return [thr, ano, lat, lag]
 
     def _histogram_figure(self) -> Any:
-        fig = figure(title="Recent scores", height=220, sizing_mode="stretch_width", toolbar_location=None, tools="",
-                     x_range=(0.0, 1.0), min_border_left=60)
+        fig: Any = figure(title="Recent scores", height=220, sizing_mode="stretch_width", toolbar_location=None, tools="",
+                     x_range=Range1d(start=0.0, end=1.0), min_border_left=60)
         fig.quad(left="left", right="right", top="count", bottom=0, source=self.hist, color=ACCENT, alpha=0.7,
                  line_color="white")
         fig.add_layout(self._threshold)

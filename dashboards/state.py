@@ -601,8 +601,8 @@ def _scores_frame(records: list[RawRecord], stamps: list[float], values: Sequenc
     times = frame["event_time"] if "event_time" in frame else pd.Series(pd.NaT, index=frame.index)
     stamps_ms = pd.to_datetime(times, utc=True, errors="coerce", format="ISO8601")
     out["_t_ms"] = epoch_ms(stamps_ms)
-    for f in values:
-        out[f] = pd.to_numeric(frame[f], errors="coerce") if f in frame else np.nan
+    for name in values:
+        out[name] = pd.to_numeric(frame[name], errors="coerce") if name in frame else np.nan
     good = np.isfinite(out["score"].to_numpy(dtype=np.float64))
     bad += int((~good).sum())
     return out[good].reset_index(drop=True), bad

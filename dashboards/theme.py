@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import panel as pn
@@ -47,10 +47,8 @@ def template(title: str, active: str, *main: Any, sidebar: Sequence[Any] = ()) -
     tpl = pn.template.BootstrapTemplate(
         title=f"{TITLE} · {title}", header_background="#1f3b57", sidebar_width=190,
         sidebar=[html_pane(f"<nav class='iso-nav'>{links}</nav>", margin=(5, 10)), *sidebar],
-        raw_css=[CSS],
+        raw_css=[CSS], main=list(main),
     )
-    for part in main:
-        tpl.main.append(part)
     return tpl
 
 
@@ -62,7 +60,7 @@ def html_pane(text: str = "", **params: Any) -> pn.pane.HTML:
 def time_figure(title: str, y_label: str, *, height: int = 220, y_format: str | None = "0,0",
                 zero: bool = True) -> Any:
     """A responsive figure with a UTC time axis, grid, no toolbar clutter, and a labelled y axis (from 0)."""
-    fig = figure(title=title, height=height, sizing_mode="stretch_width", x_axis_type="datetime",
+    fig: Any = figure(title=title, height=height, sizing_mode="stretch_width", x_axis_type="datetime",
                  toolbar_location=None, tools="", min_border_left=60)
     fig.xaxis.axis_label = "time (UTC)"
     fig.yaxis.axis_label = y_label
@@ -110,7 +108,7 @@ def table_html(frame: pd.DataFrame, columns: Sequence[str], *, empty_text: str,
     labels = labels or {}
     head = "".join(f"<th>{html.escape(labels.get(c, c))}</th>" for c in columns)
     body = []
-    for rec in frame.to_dict("records"):
+    for rec in cast(list[dict[str, Any]], frame.to_dict("records")):
         tds = "".join(f"<td>{cells[c](rec.get(c), rec) if c in cells else _plain(rec.get(c))}</td>" for c in columns)
         cls = row_class(rec) if row_class else ""
         body.append(f'<tr class="{cls}">{tds}</tr>')
