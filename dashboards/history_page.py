@@ -19,6 +19,7 @@ def history_page(hub: Hub) -> Any:
     """The page one browser session gets at ``/history``."""
     from dashboards.history_view import HistoryPage
 
+    pn.extension("tabulator")  # History's tables; loaded per document, as Panel wants for served apps
     if hub.history is None:
         body: Any = html_pane(empty("no lake configured: set lake.path to see history"))
     else:
@@ -27,7 +28,12 @@ def history_page(hub: Hub) -> Any:
             if values:
                 raw = values[0]
                 args[str(name)] = raw.decode() if isinstance(raw, bytes) else str(raw)
-        body = HistoryPage.from_query(hub.history, args)
+        doc = pn.state.curdoc
+        served = doc is not None and doc.session_context is not None
+        # served: the queries wait for the browser to have the page (a first read of a busy lake takes seconds)
+        body = HistoryPage.from_query(hub.history, args, load_now=not served)
+        if served:
+            pn.state.onload(body.refresh_async)
     doc = pn.state.curdoc
     if doc is not None and doc.session_context is not None:  # counted like the live pages; nothing ticks here
         hub.broadcaster.session_created()

@@ -12,6 +12,7 @@ so the frames' aware times are made naive in the lake's zone just before plottin
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import html
 from collections.abc import Callable, Mapping
@@ -158,7 +159,8 @@ class HistoryPage(pn.viewable.Viewer):
     """
 
     def __init__(self, history: History, *, start: dt.date | None = None, end: dt.date | None = None,
-                 key: str | None = None, period: str = "day", notice: str = "", **params: Any) -> None:
+                 key: str | None = None, period: str = "day", notice: str = "", load_now: bool = True,
+                 **params: Any) -> None:
         super().__init__(**params)
         self.history = history
         # no start: the day before the end; no end: today, or as far as max_days reaches from the start
@@ -191,10 +193,18 @@ class HistoryPage(pn.viewable.Viewer):
             pn.pane.Markdown("#### Top alerts (highest scores)", margin=(0, 10)), s["alerts"],
             sizing_mode="stretch_width",
         )
-        self.refresh()
-        self.range.param.watch(lambda _e: self.refresh(), "value")
-        self.key.param.watch(lambda _e: None if self._quiet else self._draw_key(), "value")
-        self.period.param.watch(lambda _e: self._draw_report(), "value")
+        if load_now:
+            self.refresh()
+            self.range.param.watch(lambda _e: self.refresh(), "value")
+            self.key.param.watch(lambda _e: None if self._quiet else self._draw_key(), "value")
+            self.period.param.watch(lambda _e: self._draw_report(), "value")
+        else:
+            # served: the page goes out at once and the queries run on a thread (``refresh_async``), so a slow
+            # lake never blocks the server's event loop, which every live page's updates go through
+            self.status.object = "reading the lake …"
+            self.range.param.watch(lambda _e: pn.state.execute(self.refresh_async), "value")
+            self.key.param.watch(lambda _e: None if self._quiet else pn.state.execute(self._draw_key_async), "value")
+            self.period.param.watch(lambda _e: pn.state.execute(self._draw_report_async), "value")
 
     @classmethod
     def from_query(cls, history: History, query: Mapping[str, Any], **params: Any) -> HistoryPage:
@@ -232,6 +242,42 @@ class HistoryPage(pn.viewable.Viewer):
         self.status.object = f'<span style="color:{ALARM}">{_esc(str(err))}</span>'
         for slot in self.slots.values():
             slot.objects = [_message("nothing to show until the range is fixed")]
+
+    async def refresh_async(self) -> None:
+        """:meth:`refresh` with its queries run on a thread first (they land in the shared cache)."""
+        self.status.object = "reading the lake …"
+        await asyncio.to_thread(self._prefetch)
+        self.refresh()
+
+    async def _draw_key_async(self) -> None:
+        await asyncio.to_thread(self._prefetch, key_only=True)
+        self._draw_key()
+
+    async def _draw_report_async(self) -> None:
+        await asyncio.to_thread(self._prefetch, report_only=True)
+        self._draw_report()
+
+    def _prefetch(self, *, key_only: bool = False, report_only: bool = False) -> None:
+        """Run the queries the next draw will make, so that it finds them cached (errors are drawn then)."""
+        h = self.history
+        try:
+            first, last = self._days()
+            if report_only:
+                h.report(first, last, self.period.value)
+                return
+            key = self.key.value
+            if not key_only:
+                for query in (h.timeline, h.score_histogram, h.top_alerts, h.windows):
+                    query(first, last)
+                keys = h.keys(first, last)["key"].astype(str).tolist()
+                key = self._wanted_key if self._wanted_key is not None else key
+                key = key if key is not None else (keys[0] if keys else None)
+                h.report(first, last, self.period.value)
+            if key is not None and h.key_field is not None:
+                h.key_series(first, last, key)
+                h.windows(first, last, key)
+        except HistoryError:
+            return
 
     def refresh(self) -> None:
         """Draw everything for the picked range (what changing ``range`` does)."""
