@@ -43,6 +43,15 @@ class _Slot:
         self.page, self.doc, self.pending = page, doc, False
 
 
+def _connected(doc: Any) -> bool:
+    """Whether ``doc``'s session still has a browser connected (True when that cannot be told)."""
+    context = getattr(doc, "session_context", None)
+    session = getattr(context, "session", None) if context is not None else None
+    if session is None:
+        return context is None  # a stand-in document (tests), or a session not attached yet
+    return not session.destroyed and session.connection_count > 0
+
+
 class Broadcaster:
     """Ticks ``state`` every ``tick_ms`` and fans the tick out to every loaded page, on its own document."""
 
@@ -139,6 +148,10 @@ class Broadcaster:
         with self._lock:
             slots = list(self._slots.values())
         for slot in slots:
+            if not _connected(slot.doc):
+                # the browser went away; Bokeh destroys the session after its expiry. Sending to it meanwhile
+                # only fails (measured: thousands of "connection.session is None" errors as 10 tabs closed)
+                continue
             if slot.pending:
                 slot.page.coalesced += 1
                 continue

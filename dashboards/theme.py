@@ -27,7 +27,7 @@ PAGES = (("/", "Overview"), ("/keys", "Keys"), ("/incidents", "Incidents"), ("/m
 CSS = """
 .iso-kpis {display: flex; flex-wrap: wrap; gap: 6px 28px; margin: 4px 10px;}
 .iso-kpi .v {font-size: 20pt; font-weight: 600;} .iso-kpi .l {font-size: 9pt; color: #555;}
-.iso-kpi.alarm .v {color: #d62728;}
+.iso-kpi.alarm .v {color: #d62728;} .iso-kpi.long .v {font-size: 12pt; padding-top: 9pt;}
 .iso-status {font-size: 9pt; color: #555; margin: 0 10px;}
 .iso-empty {color: #777; font-style: italic; margin: 8px 10px;}
 table.iso {border-collapse: collapse; font-size: 10pt; width: 100%;}
@@ -87,7 +87,8 @@ def data_of(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
 def kpis_html(items: Sequence[tuple[str, str, bool]]) -> str:
     """A row of headline numbers: ``(label, value, alarm)``; alarm values are red."""
     cells = "".join(
-        f'<div class="iso-kpi{" alarm" if alarm else ""}"><div class="v">{html.escape(value)}</div>'
+        f'<div class="iso-kpi{" alarm" if alarm else ""}{" long" if len(value) > 14 else ""}">'
+        f'<div class="v">{html.escape(value)}</div>'
         f'<div class="l">{html.escape(label)}</div></div>' for label, value, alarm in items)
     return f'<div class="iso-kpis">{cells}</div>'
 

@@ -249,7 +249,9 @@ class DashboardConfig(_Section):
     port: int = Field(default=5006, gt=0, lt=65536)
     #: how often the live pages update: one shared tick per server, one row streamed per page and tick
     refresh_ms: int = Field(default=100, ge=20)
-    history_s: int = Field(default=300, gt=0)
+    #: seconds of live history the time charts keep: each tick redraws them in every tab, so fewer points
+    #: keep the browsers up with the ticks (older data: the History page)
+    history_s: int = Field(default=120, gt=0)
     #: browser origins allowed to open the page's websocket besides the bound address (host[:port])
     allow_websocket_origin: list[str] = Field(default_factory=list)
     #: the Dask dashboard linked from the Overview page; null = the engine's LocalCluster address
