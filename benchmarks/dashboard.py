@@ -1,0 +1,1261 @@
+"""The live dashboard under load: ten Chromium viewers while the engine runs, on this (two-core) machine.
+
+The load is the whole product, each part its own process so its CPU is measured apart: the embedded tansu
+broker; ``isostream produce`` writing generated station-alarm events at ``--rate`` events/s; the engine
+(``isostream run``, a LocalCluster) writing the scores, alerts, stats, incidents and metrics topics; the
+dashboard server (``isostream dashboard --no-browser``); and one headless Chromium holding the viewers, each
+in a window of its own (tabs sharing a window are hidden and draw no frames), driven over the DevTools
+protocol (``benchmarks/_browser.py``) without ever waiting on a busy tab. Phases, in order:
+
+1. **idle**: 0 viewers; the dashboard's CPU (process + children, psutil) and RSS: the baseline.
+2. **viewers**: ``--viewers`` tabs open at once (their first plots are reported), then ``--duration-s`` of
+   steady load. Each page carries a collector (installed before the page's own scripts) that watches the
+   Bokeh ``ColumnDataSource`` named ``live-timeline``: every new row's ``seq`` (gaps = ticks this viewer
+   missed), the time it arrived and the next animation frame after it (``Date.now()``), against the row's
+   ``kafka_ts_ms`` (data-to-screen: the engine's own ingest-to-commit time included, as an operator sees it)
+   and ``t`` (tick-to-screen). JS heap per tab (``Performance.getMetrics``) every few seconds; the server's
+   RSS and ``/status.json`` every two. ``--probes`` extra viewers open one at a time during the phase:
+   "a new viewer under load", time from navigation start to the timeline holding a row with every root view
+   rendered.
+3. **orphan drill**: sessions dropped at random moments: plain HTTP GETs of ``/`` (a server session whose
+   websocket never connects), tabs closed 0-2 s after navigation start, tabs closed once loaded; then
+   ``sessions.live`` of ``/status.json`` must come back to the viewers still open (deadline 60 s: Bokeh
+   drops an unused session after ``unused_session_lifetime``). Then every viewer closes, and the server's
+   CPU must come back to the idle baseline.
+
+Every goal of the issue is a row with the measured value, the goal and met/missed; nothing is extrapolated
+(a quick run's memory growth is over its own minutes, and says so). The machine is shared: the rows also
+carry the engine's, browser's and the rest of the machine's CPU over the same phase, to read noise by.
+
+Usage: ``python -m benchmarks dashboard [--quick]`` -> ``benchmarks/results/dashboard.json`` (quick: 120 s of
+load, five to seven minutes in all on a busy two-core machine; full: 1800 s, the issue's 30 minutes).
+``--dashboard-command`` measures another server under the same load. Without Chromium it writes one row
+saying why it skipped, and exits 0; a run that fails part-way writes the rows it measured and a ``failed``
+row, and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ALL_COMPLETED, Future, wait
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import yaml
+
+from benchmarks._browser import DEFAULT_ARGS, Browser, BrowserError, Tab, die_with_parent, find_chromium
+from benchmarks.common import row, write_results
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEMO = REPO / "configs" / "demo.yaml"
+SOURCE_NAME = "live-timeline"
+MB = 1024 * 1024
+#: how often each tab gets a full garbage collection and a heap reading of what it still holds
+RETAINED_EVERY_S = 20.0
+HEAP_EVERY_S = 5.0  # a plain heap reading (garbage included)
+DRAIN_EVERY_S = 0.5  # each viewer's collector is asked for its new rows this often (unless still answering)
+PROBE_WAIT_S = 15.0  # a new viewer with no plot by then counts as 15 s
+FIRST_PLOT_WAIT_S = 60.0  # the first viewers, all opened at once
+FINAL_DRAIN_S = 10.0  # after the load phase: the rows still in the pages
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f} ms"
+
+
+def log(msg: str) -> None:
+    print(f"[dashboard {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not set up or read what it measures (the message names the part and the value)."""
+
+
+# -- goals and rows --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Goal:
+    """A goal of the issue: ``value op target`` (``op`` one of ``<=``, ``>=``, ``==``)."""
+
+    op: str
+    target: float
+    text: str
+
+    def met(self, value: float | None) -> bool | None:
+        """Whether ``value`` meets the goal; None when nothing was measured.
+
+        >>> Goal(">=", 10, ">= 10 updates/s").met(9.5), Goal("<=", 30, "").met(12.0), Goal("==", 0, "").met(None)
+        (False, True, None)
+        """
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if self.op == "<=":
+            return value <= self.target
+        if self.op == ">=":
+            return value >= self.target
+        if self.op == "==":
+            return value == self.target
+        msg = f"dashboard benchmark: goal operator {self.op!r} is not one of <=, >=, =="
+        raise BenchError(msg)
+
+
+UPDATES_GOAL = Goal(">=", 10.0, ">= 10 updates/s per viewer")
+MISSED_GOAL = Goal("==", 0.0, "no missed ticks")
+CPU_GOAL = Goal("<=", 30.0, "<= 30 % of one core")
+FIRST_PLOT_GOAL = Goal("<=", 2000.0, "<= 2 s")
+LATENCY_GOAL = Goal("<=", 1000.0, "p95 <= 1 s")
+SERVER_MEM_GOAL = Goal("<=", 10.0, "<= 10 MB over 30 min")
+BROWSER_MEM_GOAL = Goal("<=", 5.0, "<= 5 MB/min per tab")
+ORPHAN_GOAL = Goal("==", 0.0, "0 sessions left")
+
+
+def goal_row(name: str, value: float | None, unit: str, goal: Goal | None = None, *,
+             why_missing: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A result row: the measured value (None when not measured, with ``why_missing``), its goal and met.
+
+    >>> r = goal_row("x", 12.0, "updates/s", UPDATES_GOAL)
+    >>> r["met"], r["goal"], r["ratio"]
+    (True, '>= 10 updates/s per viewer', 1.2)
+    >>> goal_row("y", None, "ms", LATENCY_GOAL, why_missing="no rows")["met"] is None
+    True
+    """
+    clean = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    target = goal.target if goal is not None and goal.target else None
+    out = row(name, clean if clean is not None else None, unit,  # type: ignore[arg-type]
+              baseline=f"goal ({goal.text})" if goal is not None else None,
+              baseline_value=target if clean is not None else None, **extra)
+    if goal is not None:
+        out["goal"] = goal.text
+        out["met"] = goal.met(clean)
+    if clean is None:
+        out["why_missing"] = why_missing or "not measured"
+    return out
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """One line per row: name, value and unit, goal, met / missed / not measured."""
+    for r in rows:
+        value = "-" if r.get("value") is None else f"{r['value']:,.2f}"
+        goal = r.get("goal", "")
+        met = {True: "met", False: "MISSED", None: "not measured"}[r.get("met")] if "goal" in r else ""
+        note = f"  ({r['why_missing']})" if r.get("why_missing") else ""
+        print(f"  {r['name']:<40} {value:>12} {r['unit']:<14} {goal:<28} {met}{note}")
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+def quantiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": .., "p95": .., "p99": .., "max": .., "n": ..}`` of the finite ``values`` (None when empty).
+
+    >>> quantiles([1.0, 2.0, 3.0, 4.0, float("nan")])["p50"]
+    2.5
+    >>> quantiles([])["p95"] is None
+    True
+    """
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    out: dict[str, float | None] = {f"p{q:g}": (float(np.percentile(a, q)) if len(a) else None) for q in qs}
+    out["max"] = float(a.max()) if len(a) else None
+    out["n"] = float(len(a))
+    return out
+
+
+def slope_per_min(t_s: Sequence[float], values: Sequence[float]) -> float | None:
+    """Least-squares slope of ``values`` over time (seconds), per minute; None under 3 points or no time span.
+
+    >>> round(slope_per_min([0, 60, 120], [10.0, 11.0, 12.0]), 6)
+    1.0
+    >>> slope_per_min([0, 1], [1.0, 2.0]) is None
+    True
+    """
+    t, v = np.asarray(t_s, dtype=float), np.asarray(values, dtype=float)
+    if len(t) != len(v):
+        msg = f"dashboard benchmark: slope of {len(v)} values over {len(t)} times"
+        raise BenchError(msg)
+    if len(t) < 3 or float(t.max() - t.min()) <= 0:
+        return None
+    return float(np.polyfit(t, v, 1)[0] * 60.0)
+
+
+def growth(values: Sequence[float], share: float = 0.1) -> float | None:
+    """Mean of the last ``share`` of ``values`` minus the mean of the first (one sample at least each end).
+
+    Means of both ends, not last minus first: one sample caught mid-allocation would otherwise be the result.
+
+    >>> growth([10.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 20.0])
+    10.0
+    >>> growth([5.0]) is None
+    True
+    """
+    if len(values) < 2:
+        return None
+    k = max(1, int(len(values) * share))
+    return float(np.mean(values[-k:]) - np.mean(values[:k]))
+
+
+def seq_stats(seqs: Sequence[float]) -> tuple[int, int]:
+    """(distinct ticks seen, ticks missed between the first and the last seen) of a viewer's ``seq`` values.
+
+    >>> seq_stats([1, 2, 3, 5, 5, 9])
+    (5, 4)
+    >>> seq_stats([])
+    (0, 0)
+    """
+    distinct = sorted({int(s) for s in seqs})
+    if not distinct:
+        return 0, 0
+    return len(distinct), distinct[-1] - distinct[0] + 1 - len(distinct)
+
+
+def cpu_pct(cpu_s0: float, cpu_s1: float, t0: float, t1: float) -> float | None:
+    """CPU of an interval as % of one core (``cpu_s`` are process CPU seconds at wall times ``t``).
+
+    >>> cpu_pct(10.0, 13.0, 100.0, 110.0)
+    30.0
+    """
+    if t1 <= t0:
+        return None
+    return 100.0 * (cpu_s1 - cpu_s0) / (t1 - t0)
+
+
+# -- what the server and the pages report ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServerStatus:
+    """``GET /status.json`` of the dashboard server."""
+
+    live: int
+    created: int
+    destroyed: int
+    loaded: int
+    tick_ms: int
+    ticks: int
+    missed_updates: int
+    rss_bytes: int
+    cpu_s: float
+    #: beyond the contract, read when the server reports them (isostream's does): ticks its clock closed
+    #: late, updates folded into the next one, updates that raised, pages being ticked
+    late_ticks: int | None = None
+    coalesced_updates: int | None = None
+    update_errors: int | None = None
+    ticking: int | None = None
+
+
+def _number(doc: dict[str, Any], key: str, where: str, kind: type) -> Any:
+    if key not in doc:
+        msg = f"dashboard /status.json: {where} has no {key!r} (keys: {sorted(doc)})"
+        raise BenchError(msg)
+    v = doc[key]
+    ok = isinstance(v, (int, float)) if kind is float else isinstance(v, int)
+    if isinstance(v, bool) or not ok or v < 0:
+        msg = f"dashboard /status.json: {where}.{key} is {v!r}, not a non-negative {kind.__name__}"
+        raise BenchError(msg)
+    return kind(v)
+
+
+def parse_status(doc: Any) -> ServerStatus:
+    """Check a ``/status.json`` document (the dashboard's contract) and read it; a bad one raises BenchError.
+
+    >>> s = parse_status({"sessions": {"live": 2, "created": 5, "destroyed": 3, "loaded": 2}, "tick_ms": 100,
+    ...                   "ticks": 40, "missed_updates": 0, "rss_bytes": 1000, "cpu_s": 1.5})
+    >>> s.live, s.cpu_s
+    (2, 1.5)
+    """
+    if not isinstance(doc, dict):
+        msg = f"dashboard /status.json: expected an object, got {type(doc).__name__}: {str(doc)[:80]!r}"
+        raise BenchError(msg)
+    sessions = doc.get("sessions")
+    if not isinstance(sessions, dict):
+        msg = f"dashboard /status.json: 'sessions' is {sessions!r}, not an object"
+        raise BenchError(msg)
+    ints = {k: _number(sessions, k, "sessions", int) for k in ("live", "created", "destroyed", "loaded")}
+    top = {k: _number(doc, k, "status", int) for k in ("tick_ms", "ticks", "missed_updates", "rss_bytes")}
+    extra = {k: _number(doc, k, "status", int) for k in ("late_ticks", "coalesced_updates", "update_errors")
+             if doc.get(k) is not None}
+    if sessions.get("ticking") is not None:
+        extra["ticking"] = _number(sessions, "ticking", "sessions", int)
+    return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
+
+
+@dataclass(frozen=True)
+class PageRow:
+    """One new ``live-timeline`` row as a viewer saw it (times: ``Date.now()`` ms of the page)."""
+
+    seq: int
+    arrived_ms: float
+    painted_ms: float | None  # the next animation frame after it arrived; None if none came within 1 s
+    kafka_ts_ms: float | None
+    t_ms: float | None
+
+    @property
+    def screen_ms(self) -> float:
+        return self.painted_ms if self.painted_ms is not None else self.arrived_ms
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What a page's collector handed over: rows from id ``start`` on, and its running totals."""
+
+    start: int
+    rows: list[PageRow]
+    found_ms: float | None  # performance.now() when the timeline first held a row
+    rendered_ms: float | None  # performance.now() when every root view had first finished rendering
+    gaps: int
+    resets: int
+    errors: list[str]
+    visible: bool | None = None  # document.visibilityState == "visible": a hidden page draws no frames
+
+    @property
+    def first_plot_ms(self) -> float | None:
+        """ms from navigation start to the timeline holding a row with the page rendered (both needed)."""
+        if self.found_ms is None or self.rendered_ms is None:
+            return None
+        return max(self.found_ms, self.rendered_ms)
+
+
+def _opt(v: Any, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        msg = f"dashboard collector: {where} is {v!r}, not a number or null"
+        raise BenchError(msg)
+    return float(v)
+
+
+def parse_drain(doc: Any) -> Drain:
+    """Check and read what ``COLLECTOR_DRAIN`` returned from a page; a bad document raises BenchError.
+
+    >>> d = parse_drain({"start": 0, "rows": [[7, 1000.0, 1016.0, 900.0, 990.0]], "found_ms": 300.0,
+    ...                  "rendered_ms": 450.0, "gaps": 0, "resets": 0, "errors": []})
+    >>> d.rows[0].screen_ms - d.rows[0].kafka_ts_ms, d.first_plot_ms
+    (116.0, 450.0)
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        msg = f"dashboard collector: expected {{'rows': [...], ...}}, got {str(doc)[:120]!r}"
+        raise BenchError(msg)
+    rows = []
+    for i, r in enumerate(doc["rows"]):
+        if not isinstance(r, list) or len(r) != 5:
+            msg = f"dashboard collector: row {i} is {r!r}, not [seq, arrived, painted, kafka_ts_ms, t]"
+            raise BenchError(msg)
+        seq, arrived = _opt(r[0], f"row {i} seq"), _opt(r[1], f"row {i} arrived")
+        if seq is None or arrived is None:
+            msg = f"dashboard collector: row {i} is {r!r}: seq and arrival time are required"
+            raise BenchError(msg)
+        rows.append(PageRow(int(seq), arrived, _opt(r[2], f"row {i} painted"), _opt(r[3], f"row {i} kafka_ts_ms"),
+                            _opt(r[4], f"row {i} t")))
+    counts = {k: _opt(doc.get(k, 0), k) for k in ("gaps", "resets", "start")}
+    errors = doc.get("errors", [])
+    visible = doc.get("visible")
+    return Drain(int(counts["start"] or 0), rows, _opt(doc.get("found_ms"), "found_ms"), _opt(doc.get("rendered_ms"), "rendered_ms"),
+                 int(counts["gaps"] or 0), int(counts["resets"] or 0),
+                 [str(e) for e in errors] if isinstance(errors, list) else [str(errors)],
+                 visible if isinstance(visible, bool) else None)
+
+
+#: installed before the page's own scripts; watches ``live-timeline`` and keeps the rows a viewer got
+COLLECTOR_JS = """(() => {
+  if (window.__isoBench) return;
+  const NAME = "__NAME__";
+  const S = window.__isoBench = {found_ms: null, rendered_ms: null, last_seq: null, gaps: 0, resets: 0,
+                                 rows: [], errors: []};
+  const unpainted = [];
+  let src = null, raf = false, fast = null;
+  const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : null;
+  addEventListener("error", (e) => { if (S.errors.length < 20) S.errors.push(String(e.message)); });
+  function rendered(B) {
+    // every root view built and finished drawing once (Document.is_idle misses roots without views)
+    const views = B.index ? [...B.index] : [];
+    return views.length > 0 && views.every((v) => v.has_finished());
+  }
+  function painted() {
+    const now = Date.now();
+    for (const r of unpainted) r[2] = now;
+    unpainted.length = 0;
+    raf = false;
+  }
+  function scan() {
+    const n = src.get_length() || 0;
+    if (!n) return;
+    const seq = src.get_column("seq"), kts = src.get_column("kafka_ts_ms"), t = src.get_column("t");
+    if (!seq) return;
+    if (S.found_ms === null) S.found_ms = performance.now();
+    const newest = Number(seq[n - 1]);
+    if (S.last_seq === null || newest < S.last_seq) {  // first sight (history rows), or a new series
+      if (S.last_seq !== null) S.resets++;
+      S.last_seq = newest;
+      return;
+    }
+    let i = n - 1;
+    while (i >= 0 && Number(seq[i]) > S.last_seq) i--;
+    const now = Date.now();
+    for (let j = i + 1; j < n; j++) {
+      const s = Number(seq[j]);
+      if (s > S.last_seq + 1) S.gaps += s - S.last_seq - 1;
+      S.last_seq = s;
+      const r = [s, now, null, num(Number(kts ? kts[j] : NaN)), num(Number(t ? t[j] : NaN))];
+      S.rows.push(r);
+      unpainted.push(r);
+    }
+    if (unpainted.length && !raf) { raf = true; requestAnimationFrame(painted); }
+  }
+  function poll() {
+    const B = window.Bokeh;
+    if (!B || !B.documents) return;
+    if (S.rendered_ms === null && rendered(B)) S.rendered_ms = performance.now();
+    if (src === null || src.document === null) {
+      src = null;
+      for (const d of B.documents) { const m = d.get_model_by_name(NAME); if (m) { src = m; break; } }
+      if (src === null) return;
+      for (const sig of [src.streaming, src.patching, src.change]) if (sig) sig.connect(scan);
+    }
+    scan();
+    if (S.found_ms !== null && S.rendered_ms !== null && fast !== null) {
+      clearInterval(fast); fast = null; setInterval(poll, 250);  // the signals carry it from here
+    }
+  }
+  fast = setInterval(poll, 20);
+  S.base = 0;  // the id of S.rows[0]: rows are ids base, base + 1, ...
+  S.drain = (ack) => {
+    // forget what the other side has received (ids below ack), hand over the rows ready since: a reply
+    // lost on the way is asked for again with the same ack, so no row is lost or counted twice
+    if (ack > S.base) { S.rows.splice(0, ack - S.base); S.base = ack; }
+    // a row waits for its frame one second at most (a hidden page may never draw one)
+    const now = Date.now();
+    let k = 0;
+    while (k < S.rows.length && (S.rows[k][2] !== null || now - S.rows[k][1] > 1000)) k++;
+    return {start: S.base, rows: S.rows.slice(0, k), found_ms: S.found_ms, rendered_ms: S.rendered_ms,
+            gaps: S.gaps, resets: S.resets, errors: S.errors.slice(),
+            visible: document.visibilityState === "visible"};
+  };
+})();""".replace("__NAME__", SOURCE_NAME)
+#: what a drain asks (``% ack``): the collector's rows from id ``ack`` on
+COLLECTOR_DRAIN = "window.__isoBench ? window.__isoBench.drain(%d) : {start: 0, rows: [], errors: ['no collector']}"
+
+
+# -- processes -------------------------------------------------------------------------------------------
+class Tree:
+    """A process and its descendants: CPU seconds so far (descendants that exited keep their last reading)."""
+
+    def __init__(self, pid: int, *, children: bool = True) -> None:
+        self.root = psutil.Process(pid)
+        self.children = children
+        self._seen: dict[tuple[int, float], float] = {}
+
+    def cpu_s(self) -> float:
+        try:
+            procs = [self.root, *(self.root.children(recursive=True) if self.children else [])]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                self._seen[(p.pid, p.create_time())] = t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return sum(self._seen.values())
+
+    def rss(self) -> int | None:
+        try:
+            return int(self.root.memory_info().rss)
+        except psutil.NoSuchProcess:
+            return None
+
+
+def machine_busy_s() -> float:
+    """CPU seconds (all cores) the machine spent busy since boot: everyone's work, ours and the neighbours'."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+class Proc:
+    """A child process with its output in a log file; ``stop`` ends it and its process group."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path) -> None:
+        self.name, self.log_path = name, log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # its own process group (stop() ends the whole group), and gone with us even if we are killed
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        self.tree = Tree(self.proc.pid)
+
+    def check(self) -> None:
+        """Raise (with the end of its log) if the process has exited."""
+        if self.proc.poll() is not None:
+            msg = f"{self.name} exited with code {self.proc.returncode}: {self.tail()}"
+            raise BenchError(msg)
+
+    def tail(self, n: int = 1500) -> str:
+        self._log.flush()
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        try:  # its children (Dask workers, a nanny) must not outlive it
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.5,
+               alive: Callable[[], None] | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy (returned); BenchError naming ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if alive is not None:
+            alive()
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            msg = f"dashboard benchmark: {what} not within {timeout_s:.0f} s"
+            raise BenchError(msg)
+        time.sleep(poll_s)
+
+
+# -- the load --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What one run does (all of it lands in the JSON's settings)."""
+
+    quick: bool
+    viewers: int
+    rate: float
+    duration_s: float
+    tick_ms: int
+    probes: int
+    idle_s: float
+    warmup_s: float
+    engine_workers: int
+    partitions: int
+    drill_http: int
+    drill_early: int
+    drill_loaded: int
+    drill_deadline_s: float
+    seed: int
+    chromium: str | None
+    #: the dashboard server's command line ({config}, {port}, {python} replaced); None: ``isostream dashboard``
+    dashboard_command: str | None = None
+
+
+def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple[Path, dict[str, Any]]:
+    """``configs/demo.yaml`` pointed at the run's broker, topics, lake, registry and dashboard port."""
+    from engine.config import DashboardConfig, load
+
+    doc = yaml.safe_load(DEMO.read_text())
+    topics = {k: f"dash-{k}" for k in doc["kafka"]["topics"]}
+    dashboard: dict[str, Any] = {"enabled": True, "host": "127.0.0.1", "port": port}
+    # the contract's tick; until the config has one, the dashboard's refresh period is the nearest thing
+    tick_key = "tick_ms" if "tick_ms" in DashboardConfig.model_fields else "refresh_ms"
+    dashboard[tick_key] = s.tick_ms
+    over: dict[str, dict[str, Any]] = {
+        "kafka": {"bootstrap": bootstrap, "input_topic": "dash-events", "group_id": "bench-dashboard",
+                  "topics": topics, "dead_letter_dir": None},
+        "lake": {"path": str(workdir / "lake")},
+        "model": {"save_dir": str(workdir / "models")},
+        "cluster": {"n_workers": s.engine_workers, "threads_per_worker": 1, "processes": True,
+                    "dashboard_address": "127.0.0.1:0"},
+        # the generator's days start at midnight: a nightly retrain would measure the retrain, not the dashboard
+        "retrain": {"trigger": "cron"},
+        "dashboard": dashboard,
+    }
+    for section, values in over.items():
+        doc[section] = {**doc.get(section, {}), **values}
+    path = workdir / "dashboard-bench.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    load(path, environ={})  # a config the engine would reject fails here, with the engine's own message
+    return path, {"tick_key": f"dashboard.{tick_key}", "topics": topics}
+
+
+def high_watermarks(bootstrap: str, topic: str) -> int:
+    """Records ever written to ``topic`` (sum of its partitions' high watermarks; 0 when it has none yet)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-dashboard-watermarks",
+                  "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        parts = list(meta.partitions) if meta is not None and meta.error is None else []
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
+@dataclass
+class Stack:
+    """The running load: broker, producer, engine, dashboard (each a process tree), and where they answer."""
+
+    bootstrap: str
+    url: str
+    config: Path
+    topics: dict[str, str]
+    procs: dict[str, Proc]
+    broker_tree: Tree | None
+    tick_key: str
+    has_status: bool  # the server answers /status.json (200), rather than 404
+    status_timeouts: int = 0
+    status_ms: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, ms to answer)
+
+    def check(self) -> None:
+        for p in self.procs.values():
+            p.check()
+
+    def status(self, timeout_s: float = 5.0) -> ServerStatus | None:
+        """The dashboard's ``/status.json``; None when it has none, or did not answer within ``timeout_s``
+        (counted in ``status_timeouts``: a server too busy to answer is a finding, not a failed run)."""
+        if not self.has_status:
+            return None
+        t = time.monotonic()
+        try:
+            reply = httpx.get(f"{self.url}status.json", timeout=timeout_s)
+        except httpx.TimeoutException:
+            self.status_timeouts += 1
+            return None
+        self.status_ms.append((t, (time.monotonic() - t) * 1e3))
+        if reply.status_code != 200:
+            msg = f"dashboard /status.json answered {reply.status_code}: {reply.text[:200]!r}"
+            raise BenchError(msg)
+        return parse_status(reply.json())
+
+
+@contextmanager
+def load_stack(s: Settings, workdir: Path) -> Iterator[Stack]:
+    """Start broker, producer, engine and dashboard; stop them all (in reverse) on the way out."""
+    from streams.broker import EmbeddedBroker, create_topics, free_port
+
+    py = sys.executable
+    with ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "tansu.log"))
+        port = free_port()
+        config, facts = write_config(workdir, broker.bootstrap, port, s)
+        topics: dict[str, str] = facts["topics"]
+        create_topics(broker.bootstrap, {"dash-events": s.partitions, **dict.fromkeys(topics.values(), 1)})
+        procs: dict[str, Proc] = {}
+
+        def start(name: str, *args: str, cmd: list[str] | None = None) -> Proc:
+            p = Proc(name, cmd or [py, "-m", "engine.cli", *args], workdir / f"{name}.log")
+            procs[name] = p
+            stack.callback(p.stop)
+            return p
+
+        # enough events for the whole run: the producer is stopped when the run ends
+        total = int(s.rate * (s.duration_s + 900))
+        start("producer", "produce", "--config", str(config), "--generate", str(total), "--rate", str(s.rate))
+        engine = start("engine", "run", "--config", str(config))
+        log(f"broker {broker.bootstrap}; producing {s.rate:,.0f} events/s; engine starting "
+            f"({s.engine_workers} worker(s))")
+        t0 = time.monotonic()
+        wait_until(lambda: high_watermarks(broker.bootstrap, topics["scores"]) > 0, 300,
+                   "the engine's first scores", poll_s=1.0, alive=lambda: _check_all(procs))
+        log(f"engine writes scores after {time.monotonic() - t0:.0f} s ({engine.log_path})")
+        dash = start("dashboard", cmd=dashboard_command(s.dashboard_command, config, port))
+        url = f"http://127.0.0.1:{port}/"
+
+        def listening() -> int | None:
+            try:  # /status.json, never /: a page GET would open a server session before the idle baseline
+                code = httpx.get(f"{url}status.json", timeout=2.0).status_code
+                return code if code in (200, 404) else None
+            except httpx.TransportError:
+                return None
+
+        code = wait_until(listening, 120, f"the dashboard on {url}", alive=dash.check)
+        pid = broker.pid
+        yield Stack(broker.bootstrap, url, config, topics, procs, Tree(pid) if pid else None, facts["tick_key"],
+                    has_status=code == 200)
+
+
+def dashboard_command(template: str | None, config: Path, port: int) -> list[str]:
+    """The dashboard server's argv: ``template`` (shell words; ``{config}``, ``{port}``, ``{python}`` filled in)
+    or ``isostream dashboard --config FILE --no-browser``.
+
+    >>> dashboard_command("{python} stub.py --config {config} --port {port}", Path("c.yaml"), 5006)[1:]
+    ['stub.py', '--config', 'c.yaml', '--port', '5006']
+    """
+    if template is None:
+        return [sys.executable, "-m", "engine.cli", "dashboard", "--config", str(config), "--no-browser"]
+    fill = {"config": str(config), "port": str(port), "python": sys.executable}
+    try:
+        return [word.format(**fill) for word in shlex.split(template)]
+    except (KeyError, ValueError, IndexError) as err:
+        msg = f"dashboard benchmark: --dashboard-command {template!r}: {err!r} (placeholders: {sorted(fill)})"
+        raise BenchError(msg) from err
+
+
+def _check_all(procs: dict[str, Proc]) -> None:
+    for p in procs.values():
+        p.check()
+
+
+# -- viewers ---------------------------------------------------------------------------------------------
+@dataclass
+class Viewer:
+    """One tab, everything its collector handed over, and the DevTools requests it has not answered yet."""
+
+    tab: Tab
+    label: str
+    rows: list[PageRow] = field(default_factory=list)
+    last: Drain | None = None
+    heap: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, bytes in use)
+    retained: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, bytes after a full GC)
+    ack: int = 0  # the collector's id of the next row this side has not received
+    draining: Future[Any] | None = None
+    weighing: dict[str, Future[float]] = field(default_factory=dict)  # "heap"/"retained": the reading to come
+    late: int = 0  # drain rounds this tab had not answered the previous one yet
+
+    def take(self, doc: Any) -> Drain:
+        """Keep what the collector handed over (``doc``: its ``drain(ack)`` document); rows already received
+        (a reply that came after its round was given up) are not counted twice."""
+        d = parse_drain(doc)
+        fresh = d.rows[max(0, self.ack - d.start):]
+        self.rows.extend(fresh)
+        self.ack = max(self.ack, d.start + len(d.rows))
+        self.last = d
+        return d
+
+    @property
+    def first_plot_ms(self) -> float | None:
+        return self.last.first_plot_ms if self.last is not None else None
+
+    def poll(self) -> None:
+        """Ask the collector for new rows unless the last ask is still unanswered; take the answer if it came."""
+        if self.draining is None:
+            self.draining = self.tab.evaluate_async(COLLECTOR_DRAIN % self.ack)
+        elif not self.draining.done():
+            self.late += 1
+        if self.draining.done():
+            doc, self.draining = self.draining.result(), None  # a page error raises: the run is broken
+            self.take(doc)
+
+    def weigh(self, kind: str) -> None:
+        """Ask for a heap reading (``retained``: after a full GC) unless one of that kind is still on its way."""
+        if kind not in self.weighing:
+            self.weighing[kind] = self.tab.heap_used_async(collect=kind == "retained")
+
+    def weighed(self) -> None:
+        """Keep the heap readings that have come (stamped when seen: within a drain period of their taking)."""
+        for kind, fut in list(self.weighing.items()):
+            if fut.done():
+                del self.weighing[kind]
+                (self.retained if kind == "retained" else self.heap).append((time.monotonic(), fut.result()))
+
+
+def _plotted(v: Viewer) -> bool:
+    return v.first_plot_ms is not None
+
+
+def open_viewer(browser: Browser, url: str, label: str) -> Viewer:
+    tab = browser.new_tab(init_script=COLLECTOR_JS)
+    v = Viewer(tab, label)
+    tab.navigate(url)
+    return v
+
+
+class Sampler:
+    """A thread taking, every ``period_s``, CPU seconds of each process tree, the dashboard's RSS and
+    ``/status.json`` (a server too busy to answer delays only this thread, not the browser side)."""
+
+    def __init__(self, stack: Stack, browser: Browser, period_s: float = 2.0) -> None:
+        self.stack = stack
+        self.trees: dict[str, Tree] = {name: p.tree for name, p in stack.procs.items()}
+        if stack.broker_tree is not None:
+            self.trees["broker"] = stack.broker_tree
+        if browser.pid is not None:
+            self.trees["browser"] = Tree(browser.pid)
+        self.trees["benchmark"] = Tree(os.getpid(), children=False)  # its children are the others
+        self.period_s = period_s
+        self.samples: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self._status: tuple[float, ServerStatus] | None = None  # the latest answer and when it was asked for
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-bench-sampler", daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.mark()
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread, which stops the run
+                self.error = err
+                return
+
+    def mark(self) -> float:
+        """Take a sample now (also from the main thread, at a phase's edges); its time."""
+        self.stack.check()
+        asked = time.monotonic()
+        status = self.stack.status()
+        with self._lock:
+            now = time.monotonic()
+            s: dict[str, Any] = {"t": now, "machine_busy_s": machine_busy_s(),
+                                 "rss": self.trees["dashboard"].rss(), "status": status}
+            s.update({f"cpu:{name}": tree.cpu_s() for name, tree in self.trees.items()})
+            self.samples.append(s)
+            if status is not None:
+                self._status = (asked, status)
+        return now
+
+    def latest(self, after: float) -> ServerStatus | None:
+        """The newest ``/status.json`` answer asked for after monotonic time ``after`` (None: none yet)."""
+        with self._lock:
+            return self._status[1] if self._status is not None and self._status[0] >= after else None
+
+    def check(self) -> None:
+        if self.error is not None:
+            msg = f"dashboard benchmark: sampling stopped: {self.error}"
+            raise BenchError(msg) from self.error
+
+    def between(self, t0: float, t1: float) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s for s in self.samples if t0 <= s["t"] <= t1]
+
+    def cpu(self, name: str, t0: float, t1: float) -> float | None:
+        """% of one core ``name`` used between the samples nearest ``t0`` and ``t1`` (machine: all of it)."""
+        window = self.between(t0, t1)
+        if len(window) < 2:
+            return None
+        key = "machine_busy_s" if name == "machine" else f"cpu:{name}"
+        return cpu_pct(window[0][key], window[-1][key], window[0]["t"], window[-1]["t"])
+
+
+class Run:
+    """The phases of one run over a started stack, browser and sampler; results land in ``rows``."""
+
+    def __init__(self, s: Settings, stack: Stack, browser: Browser, sampler: Sampler) -> None:
+        self.s, self.stack, self.browser, self.sampler = s, stack, browser, sampler
+        self.viewers: list[Viewer] = []
+        self.rows: list[dict[str, Any]] = []
+        self.facts: dict[str, Any] = {}
+        self.rng = random.Random(s.seed)
+        self.probe_ms: list[float | None] = []
+        self.load_wall_ms = (0.0, 0.0)
+        self._next_heap = self._next_retained = 0.0
+
+    # the one loop everything waits in: it keeps every open viewer drained; nothing in it blocks on a tab
+    def idle_for(self, seconds: float, until: Callable[[], bool] | None = None, *, heap: bool = False,
+                 extra: Sequence[Viewer] = ()) -> bool:
+        """Poll the viewers (and ``extra`` ones) for ``seconds``, or until ``until()``; True if it came."""
+        end = time.monotonic() + seconds
+        while True:
+            self.sampler.check()
+            viewers = [*self.viewers, *extra]
+            for v in viewers:
+                v.poll()
+                v.weighed()
+            now = time.monotonic()
+            if heap and now >= self._next_heap:
+                for v in self.viewers:
+                    v.weigh("heap")
+                self._next_heap = now + HEAP_EVERY_S
+            if heap and now >= self._next_retained:
+                # what a tab still holds after a full collection: the heap's sawtooth (garbage waiting for
+                # the collector) otherwise dominates a slope over a few minutes
+                for v in self.viewers:
+                    v.weigh("retained")
+                self._next_retained = now + RETAINED_EVERY_S
+            if until is not None and until():
+                return True
+            if now >= end:
+                return False
+            pending = [v.draining for v in viewers if v.draining is not None]
+            wait(pending, timeout=min(DRAIN_EVERY_S, max(0.0, end - now)), return_when=ALL_COMPLETED)
+            time.sleep(max(0.0, min(DRAIN_EVERY_S - (time.monotonic() - now), end - time.monotonic())))
+
+    def phases(self) -> None:
+        s = self.s
+        log(f"warm-up {s.warmup_s:.0f} s, then the idle baseline over {s.idle_s:.0f} s (0 viewers)")
+        self.idle_for(s.warmup_s)
+        t0 = self.sampler.mark()
+        self.idle_for(s.idle_s)
+        idle = (t0, self.sampler.mark())
+        idle_cpu = self.sampler.cpu("dashboard", *idle)
+        self.facts["status_json"] = self.stack.has_status
+        log(f"idle: dashboard {idle_cpu or 0:.1f} % of a core; /status.json "
+            f"{'present' if self.facts['status_json'] else 'absent (404)'}")
+        self.open_viewers()
+        load = self.steady_load()
+        self.report_idle_and_load(idle, load)
+        self.orphan_drill()
+        self.after_all_closed(idle)
+
+    def open_viewers(self) -> None:
+        log(f"opening {self.s.viewers} viewers at once")
+        self.viewers = [open_viewer(self.browser, self.stack.url, f"viewer-{i}") for i in range(self.s.viewers)]
+        self.idle_for(FIRST_PLOT_WAIT_S, until=lambda: all(v.first_plot_ms is not None for v in self.viewers))
+        firsts = [v.first_plot_ms for v in self.viewers]
+        q = quantiles([f for f in firsts if f is not None])
+        got = sum(f is not None for f in firsts)
+        # the page alone (every root view drawn once), whether or not the timeline came: tells the two apart
+        drawn = quantiles([v.last.rendered_ms for v in self.viewers if v.last and v.last.rendered_ms is not None])
+        self.rows.append(goal_row("first_plot_initial_max_ms", q["max"], "ms", None,
+                                  why_missing=f"{got} of {len(firsts)} viewers showed a plot within "
+                                              f"{FIRST_PLOT_WAIT_S:.0f} s",
+                                  viewers=len(firsts), plotted=got, p50=q["p50"], rendered_p50=drawn["p50"],
+                                  rendered_max=drawn["max"], note="all viewers opened at the same moment"))
+        log(f"{got}/{len(firsts)} viewers plotted; first plots p50 {_ms(q['p50'])}, max {_ms(q['max'])}")
+
+    def steady_load(self) -> tuple[float, float]:
+        s = self.s
+        self.idle_for(s.warmup_s, heap=True)
+        for v in self.viewers:
+            v.heap.clear()
+            v.retained.clear()
+            v.rows.clear()
+        self._next_heap = self._next_retained = 0.0  # first readings at the start of the phase
+        log(f"steady load: {s.viewers} viewers for {s.duration_s:.0f} s, {s.probes} new-viewer probes")
+        wall0 = time.time() * 1e3
+        w0 = high_watermarks(self.stack.bootstrap, "dash-events")
+        t0 = self.sampler.mark()
+        end = t0 + s.duration_s
+        for i in range(s.probes):
+            self.idle_for(max(0.0, t0 + s.duration_s * (i + 1) / (s.probes + 1) - time.monotonic()), heap=True)
+            self.probe_ms.append(self.probe(min(PROBE_WAIT_S, max(1.0, end - time.monotonic()))))
+        self.idle_for(max(0.0, end - time.monotonic()), heap=True)
+        t1 = self.sampler.mark()
+        self.load_wall_ms = (wall0, time.time() * 1e3)  # the pages' clock: Date.now()
+        self.facts["events_per_s_produced"] = (high_watermarks(self.stack.bootstrap, "dash-events") - w0) / (t1 - t0)
+        for v in self.viewers:  # and one reading at its end
+            v.weigh("retained")
+        # the rows that arrived before the end, still in the pages: a few seconds to hand them over
+        self.idle_for(FINAL_DRAIN_S, until=lambda: all(v.draining is None and not v.weighing for v in self.viewers))
+        return t0, t1
+
+    def probe(self, wait_s: float) -> float | None:
+        """A new viewer under load: ms from navigation start to its first plot (None: none within ``wait_s``)."""
+        v = open_viewer(self.browser, self.stack.url, f"probe-{len(self.probe_ms)}")
+        self.idle_for(wait_s, until=lambda: v.first_plot_ms is not None, extra=[v])
+        v.tab.close()
+        log(f"probe {v.label}: first plot {_ms(v.first_plot_ms)}")
+        return v.first_plot_ms
+
+    def report_idle_and_load(self, idle: tuple[float, float], load: tuple[float, float]) -> None:
+        s, smp = self.s, self.sampler
+        t0, t1 = load
+        minutes = (t1 - t0) / 60.0
+        per_viewer: list[tuple[float, int]] = []
+        latency: list[float] = []
+        tick: list[float] = []
+        painted = total = 0
+        w0, w1 = self.load_wall_ms
+        for v in self.viewers:
+            rows = [r for r in v.rows if w0 <= r.arrived_ms <= w1]
+            distinct, missed = seq_stats([r.seq for r in rows])
+            per_viewer.append((distinct / (t1 - t0), missed))
+            latency += [r.screen_ms - r.kafka_ts_ms for r in rows if r.kafka_ts_ms is not None]
+            tick += [r.screen_ms - r.t_ms for r in rows if r.t_ms is not None]
+            painted += sum(r.painted_ms is not None for r in rows)
+            total += len(rows)
+        rates = [r for r, _ in per_viewer]
+        no_rows = None if total else f"no {SOURCE_NAME} rows reached any viewer (the page has no such source?)"
+        self.rows += [
+            goal_row("updates_per_s_slowest_viewer", min(rates) if total else None, "updates/s", UPDATES_GOAL,
+                     why_missing=no_rows, per_viewer=[round(r, 2) for r in rates], tick_ms=s.tick_ms),
+            goal_row("updates_per_s_mean_viewer", float(np.mean(rates)) if total else None, "updates/s",
+                     UPDATES_GOAL, why_missing=no_rows),
+            goal_row("missed_ticks_browser", float(sum(m for _, m in per_viewer)) if total else None, "ticks",
+                     MISSED_GOAL, why_missing=no_rows, per_viewer=[m for _, m in per_viewer],
+                     note="seq gaps seen by the viewers, summed"),
+        ]
+        st = [x["status"] for x in smp.between(t0, t1) if x["status"] is not None]
+        self.rows.append(goal_row(
+            "missed_updates_server", float(st[-1].missed_updates - st[0].missed_updates) if len(st) > 1 else None,
+            "ticks", MISSED_GOAL, why_missing="the dashboard has no /status.json",
+            ticks=st[-1].ticks - st[0].ticks if len(st) > 1 else None))
+        if len(st) > 1:
+            self.rows.append(goal_row("server_ticks_per_s", (st[-1].ticks - st[0].ticks) / (t1 - t0), "ticks/s",
+                                      UPDATES_GOAL, tick_ms=st[-1].tick_ms,
+                                      note="ticks the server's clock closed: a starved clock folds late ticks"))
+        for name in ("late_ticks", "coalesced_updates", "update_errors"):
+            ends = [getattr(x, name) for x in (st[:1] + st[-1:]) if getattr(x, name) is not None]
+            if len(ends) == 2:
+                self.rows.append(goal_row(f"{name}_server", float(ends[1] - ends[0]), "ticks",
+                                          MISSED_GOAL if name == "update_errors" else None,
+                                          note="the server's own count over the phase"))
+        answer = quantiles([ms for t, ms in self.stack.status_ms if t0 <= t <= t1])
+        self.rows.append(goal_row("status_json_p95_ms", answer["p95"], "ms", why_missing="no /status.json",
+                                  max=answer["max"], n=answer["n"], timeouts_whole_run=self.stack.status_timeouts,
+                                  note="how long the server took to answer /status.json under the load"))
+        cpu_load, cpu_idle = smp.cpu("dashboard", t0, t1), smp.cpu("dashboard", *idle)
+        self.rows += [
+            goal_row("dashboard_cpu_pct_viewers", cpu_load, "% of a core", CPU_GOAL, viewers=s.viewers),
+            goal_row("dashboard_cpu_pct_idle", cpu_idle, "% of a core", None, note="0 viewers, engine running"),
+            goal_row("dashboard_cpu_pct_per_viewer",
+                     (cpu_load - cpu_idle) / s.viewers if cpu_load is not None and cpu_idle is not None else None,
+                     "% of a core"),
+        ]
+        if len(st) > 1:  # the server's own account of its CPU, beside psutil's
+            self.rows.append(goal_row("dashboard_cpu_pct_viewers_self_reported",
+                                      cpu_pct(st[0].cpu_s, st[-1].cpu_s, t0, t1), "% of a core"))
+        for name in ("engine", "browser", "broker", "producer", "benchmark", "machine"):
+            value = smp.cpu(name, t0, t1) if name == "machine" or name in smp.trees else None
+            self.rows.append(goal_row(f"cpu_pct_{name}_viewers", value, "% of a core",
+                                      note="all cores together (200 = both)" if name == "machine" else None))
+        ours = sum(smp.cpu(n, t0, t1) or 0.0 for n in smp.trees)
+        machine = smp.cpu("machine", t0, t1)
+        self.rows.append(goal_row("cpu_pct_neighbours_viewers", machine - ours if machine is not None else None,
+                                  "% of a core", note="machine busy minus this run's processes: other work "
+                                                      "on the shared machine"))
+        q = quantiles([p if p is not None else 15_000.0 for p in self.probe_ms])  # a timeout counts as 15 s
+        timeouts = sum(p is None for p in self.probe_ms)
+        self.rows += [
+            goal_row("first_plot_new_viewer_p95_ms", q["p95"], "ms", FIRST_PLOT_GOAL, why_missing="no probes",
+                     probes=[None if p is None else round(p) for p in self.probe_ms], timeouts_15s=timeouts),
+            goal_row("first_plot_new_viewer_max_ms", q["max"], "ms", FIRST_PLOT_GOAL, why_missing="no probes"),
+        ]
+        lq, tq = quantiles(latency), quantiles(tick)
+        self.rows += [
+            goal_row("data_to_screen_p95_ms", lq["p95"], "ms", LATENCY_GOAL, why_missing=no_rows or "no kafka_ts_ms",
+                     rows=int(lq["n"] or 0), painted_share=round(painted / total, 4) if total else None),
+            goal_row("data_to_screen_p50_ms", lq["p50"], "ms", why_missing=no_rows),
+            goal_row("data_to_screen_p99_ms", lq["p99"], "ms", why_missing=no_rows),
+            goal_row("tick_to_screen_p50_ms", tq["p50"], "ms", why_missing=no_rows),
+            goal_row("tick_to_screen_p95_ms", tq["p95"], "ms", why_missing=no_rows),
+            goal_row("tick_to_screen_p99_ms", tq["p99"], "ms", why_missing=no_rows),
+        ]
+        rss = [(x["t"], x["rss"] / MB) for x in smp.between(t0, t1) if x["rss"] is not None]
+        idle_rss = [x["rss"] / MB for x in smp.between(*idle) if x["rss"] is not None]
+        over = f"measured over {minutes:.1f} min (not extrapolated)"
+        self.rows += [
+            goal_row("server_rss_growth_mb", growth([r for _, r in rss]), "MB", SERVER_MEM_GOAL, note=over,
+                     samples=len(rss)),
+            goal_row("server_rss_slope_mb_per_min", slope_per_min(*zip(*rss, strict=True)) if len(rss) > 2 else None,
+                     "MB/min", note=over),
+            goal_row("server_rss_mb_idle", float(np.mean(idle_rss)) if idle_rss else None, "MB"),
+            goal_row("server_rss_mb_per_viewer",
+                     (float(np.mean([r for _, r in rss])) - float(np.mean(idle_rss))) / s.viewers
+                     if rss and idle_rss else None, "MB"),
+        ]
+        slopes = {v.label: slope_per_min([t for t, _ in v.heap], [b / MB for _, b in v.heap]) for v in self.viewers}
+        known = [x for x in slopes.values() if x is not None]
+        retained = {v.label: slope_per_min([t for t, _ in v.retained], [b / MB for _, b in v.retained])
+                    for v in self.viewers}
+        kept = [x for x in retained.values() if x is not None]
+        self.rows += [
+            goal_row("browser_heap_slope_mb_per_min_max", max(known) if known else None, "MB/min", BROWSER_MEM_GOAL,
+                     why_missing="fewer than 3 readings per tab",
+                     note=f"JSHeapUsedSize every 5 s, least squares per tab, after warm-up; {over}",
+                     per_tab={k: None if x is None else round(x, 3) for k, x in slopes.items()}),
+            goal_row("browser_heap_slope_mb_per_min_median", float(np.median(known)) if known else None, "MB/min"),
+            goal_row("browser_heap_retained_slope_mb_per_min_max", max(kept) if kept else None, "MB/min",
+                     BROWSER_MEM_GOAL, why_missing="fewer than 3 readings per tab", note=f"JSHeapUsedSize after a full GC every {RETAINED_EVERY_S:.0f} s, least "
+                                            f"squares per tab; {over}",
+                     per_tab={k: None if x is None else round(x, 3) for k, x in retained.items()}),
+        ]
+        errors = {v.label: v.tab.exceptions + (v.last.errors if v.last else []) for v in self.viewers}
+        self.facts["page_errors"] = {k: e[:5] for k, e in errors.items() if e}
+        # a hidden page gets no animation frames: the measurement needs every viewer on screen
+        self.facts["hidden_viewers"] = sum(v.last is not None and v.last.visible is False for v in self.viewers)
+        log(f"load: slowest viewer {min(rates) if total else 0:.1f} updates/s, dashboard {cpu_load or 0:.1f} % "
+            f"of a core, data-to-screen p95 {lq['p95']} ms, machine {machine or 0:.0f} %")
+
+
+    def orphan_drill(self) -> None:
+        s = self.s
+        actions = ["http"] * s.drill_http + ["early"] * s.drill_early + ["loaded"] * s.drill_loaded
+        self.rng.shuffle(actions)
+        log(f"orphan drill: {s.drill_http} page GETs, {s.drill_early} tabs closed 0-2 s in, "
+            f"{s.drill_loaded} closed once loaded ({len(self.viewers)} viewers stay open)")
+        before = self.stack.status(timeout_s=30.0)
+        for kind in actions:
+            if kind == "http":
+                httpx.get(self.stack.url, timeout=30.0)
+                continue
+            v = open_viewer(self.browser, self.stack.url, f"drill-{kind}")
+            if kind == "early":
+                self.idle_for(self.rng.uniform(0.0, 2.0))
+            else:
+                self.idle_for(PROBE_WAIT_S, until=functools.partial(_plotted, v), extra=[v])
+            v.tab.close()
+        dropped = time.monotonic()
+        open_now = len(self.viewers)
+        if before is None:
+            why = "no /status.json" if not self.stack.has_status else "/status.json did not answer within 30 s"
+            self.rows.append(goal_row("orphan_sessions_left", None, "sessions", ORPHAN_GOAL,
+                                      why_missing=f"{why} (sessions.live)"))
+            return
+
+        def clean() -> bool:  # the sampler's answers: waiting on the server here would stall the viewers
+            st = self.sampler.latest(after=dropped)
+            return st is not None and st.live <= open_now
+
+        done = self.idle_for(s.drill_deadline_s, until=clean)
+        after = self.stack.status(timeout_s=30.0)
+        if after is None:
+            self.rows.append(goal_row("orphan_sessions_left", None, "sessions", ORPHAN_GOAL,
+                                      why_missing="/status.json did not answer within 30 s after the drill"))
+            return
+        left = after.live - open_now
+        self.rows += [
+            goal_row("orphan_sessions_left", float(max(left, 0)), "sessions", ORPHAN_GOAL,
+                     live=after.live, viewers_open=open_now, deadline_s=s.drill_deadline_s,
+                     created=after.created - before.created, destroyed=after.destroyed - before.destroyed,
+                     dropped={"http": s.drill_http, "early": s.drill_early, "loaded": s.drill_loaded}),
+            goal_row("orphan_cleanup_s", time.monotonic() - dropped if done else None, "s",
+                     why_missing=f"sessions.live still {after.live} after {s.drill_deadline_s:.0f} s"),
+        ]
+        log(f"drill: {after.live} live sessions for {open_now} viewers "
+            f"({'clean' if done else 'NOT clean'} after {time.monotonic() - dropped:.0f} s)")
+
+    def after_all_closed(self, idle: tuple[float, float]) -> None:
+        for v in self.viewers:
+            v.tab.close()
+        late = {v.label: v.late for v in self.viewers if v.late}
+        self.viewers = []
+        if self.stack.has_status:
+            closed = time.monotonic()
+            self.idle_for(self.s.drill_deadline_s,
+                          until=lambda: (x := self.sampler.latest(after=closed)) is not None and x.live == 0)
+        st = self.stack.status(timeout_s=30.0)
+        log(f"all viewers closed; the dashboard's CPU over {self.s.idle_s:.0f} s")
+        t0 = self.sampler.mark()
+        self.idle_for(self.s.idle_s)
+        t1 = self.sampler.mark()
+        after = self.sampler.cpu("dashboard", t0, t1)
+        idle_cpu = self.sampler.cpu("dashboard", *idle)
+        # back to idle, within the noise of a shared machine: 25 % of the baseline or 2 points, the larger
+        bound = None if idle_cpu is None else idle_cpu + max(2.0, 0.25 * idle_cpu)
+        goal = Goal("<=", bound, f"<= idle {idle_cpu:.1f} % + noise") if bound is not None else None
+        self.rows.append(goal_row("dashboard_cpu_pct_after_all_closed", after, "% of a core", goal,
+                                  idle_pct=idle_cpu, sessions_live=None if st is None else st.live,
+                                  machine_pct=self.sampler.cpu("machine", t0, t1),
+                                  machine_pct_idle=self.sampler.cpu("machine", *idle)))
+        self.facts["drain_rounds_late"] = late
+
+
+# -- entry point -----------------------------------------------------------------------------------------
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    return Settings(
+        quick=quick, viewers=args.viewers, rate=args.rate,
+        duration_s=args.duration_s if args.duration_s is not None else (120.0 if quick else 1800.0),
+        tick_ms=args.tick_ms, probes=args.probes if args.probes is not None else (3 if quick else 15),
+        idle_s=15.0 if quick else 60.0, warmup_s=10.0 if quick else 30.0, engine_workers=args.engine_workers,
+        partitions=args.partitions, drill_http=4 if quick else 20, drill_early=4 if quick else 20,
+        drill_loaded=3 if quick else 10, drill_deadline_s=60.0, seed=args.seed, chromium=args.chromium,
+        dashboard_command=args.dashboard_command,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.dashboard", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="120 s of load, 3 probes, short drill (about 4 minutes)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "dashboard.json")
+    p.add_argument("--viewers", type=int, default=10, help="tabs open during the load (default 10)")
+    p.add_argument("--rate", type=float, default=2_000.0, help="events/s produced into the input topic")
+    p.add_argument("--duration-s", type=float, default=None, help="steady-load phase (default 1800; quick 120)")
+    p.add_argument("--tick-ms", type=int, default=100, help="the dashboard's tick (default 100: 10 updates/s)")
+    p.add_argument("--probes", type=int, default=None, help="new viewers opened during the load (quick 3)")
+    p.add_argument("--engine-workers", type=int, default=1, help="Dask workers of the engine (default 1)")
+    p.add_argument("--partitions", type=int, default=2, help="partitions of the input topic (default 2)")
+    p.add_argument("--chromium", default=None, help="Chromium executable (default /usr/bin/chromium)")
+    p.add_argument("--dashboard-command", default=None, metavar="CMD",
+                   help="another dashboard server to measure: its command line, with {config}, {port} and {python} "
+                        "filled in (default: python -m engine.cli dashboard --config {config} --no-browser)")
+    p.add_argument("--keep", type=Path, default=None, help="keep the run's logs and config in this folder")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for name in ("viewers", "tick_ms", "engine_workers", "partitions"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.rate <= 0 or (args.duration_s is not None and args.duration_s <= 0):
+        p.error(f"--rate and --duration-s must be positive, not {args.rate} and {args.duration_s}")
+    started = time.monotonic()
+    s = settings_from(args)
+    settings: dict[str, Any] = dataclasses.asdict(s)
+    settings.update(browser_args=" ".join(DEFAULT_ARGS), browser_window="1400x1000, one window per viewer",
+                    config="configs/demo.yaml, own topics, lake and registry")
+    chromium = find_chromium(args.chromium)
+    if chromium is None:
+        reason = f"no Chromium at {args.chromium or '/usr/bin/chromium'} (apt-get install chromium, or --chromium)"
+        log(f"skipped: {reason}")
+        rows = [row("skipped", None, "skipped", skipped=True, reason=reason)]  # type: ignore[arg-type]
+        return _finish(args.out, rows, settings, started)
+    settings["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
+    rows, facts, error = run(s, chromium, args.keep)
+    settings.update(facts)
+    settings["load_average_end"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min: the neighbours' noise
+    _finish(args.out, rows, settings, started)
+    return 1 if error is not None else 0
+
+
+def run(s: Settings, chromium: str, keep: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
+    """One whole run (load, browser, phases): the rows, the facts for the settings, and why it failed (None: it
+    did not). A run that fails part-way keeps the rows it measured."""
+    rows: list[dict[str, Any]] = []
+    facts: dict[str, Any] = {}
+    error: str | None = None
+    try:
+        with ExitStack() as stack:
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                workdir = keep
+            else:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="isostream-dash-bench-")))
+            load = stack.enter_context(load_stack(s, workdir))
+            browser = stack.enter_context(Browser(chromium))
+            sampler = stack.enter_context(Sampler(load, browser))
+            r = Run(s, load, browser, sampler)
+            rows, facts = r.rows, r.facts
+            try:
+                r.phases()
+            except (BrowserError, BenchError, httpx.HTTPError) as err:
+                error = f"{type(err).__name__}: {err}"
+                for name, proc in load.procs.items():  # while the logs still exist
+                    log(f"{name} log tail: {proc.tail(600)}")
+            facts.update(tick_key=load.tick_key, workdir=str(workdir) if keep else None,
+                         dashboard_log_errors=_log_errors(load.procs["dashboard"]),
+                         status_json_timeouts=load.status_timeouts)
+    except (BrowserError, BenchError, httpx.HTTPError) as err:  # the load or the browser did not start
+        error = f"{type(err).__name__}: {err}"
+    if error is not None:
+        log(f"failed: {error}")
+        rows.append(row("failed", None, "failed", failed=True, reason=error))  # type: ignore[arg-type]
+    return rows, facts, error
+
+
+def _log_errors(proc: Proc) -> dict[str, Any]:
+    """ERROR lines of the dashboard server's log: how many, and the first few (the server's own complaints)."""
+    lines = [ln for ln in proc.tail(10_000_000).splitlines() if " ERROR " in ln]
+    return {"count": len(lines), "first": lines[:5]}
+
+
+def _finish(out: Path, rows: list[dict[str, Any]], settings: dict[str, Any], started: float) -> int:
+    settings["seconds"] = round(time.monotonic() - started, 1)
+    path = write_results(out, "dashboard", rows, settings)
+    log(f"wrote {path} in {settings['seconds']:.0f} s")
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
