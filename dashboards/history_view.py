@@ -236,7 +236,15 @@ class HistoryPage(pn.viewable.Viewer):
 
     def _fill(self, name: str, make: Callable[[], Any], empty: str | None) -> None:
         """Put ``make()`` in slot ``name``, or the ``empty`` message when there is nothing to draw."""
-        self.slots[name].objects = [_message(empty) if empty else pn.panel(make(), sizing_mode="stretch_width")]
+        if empty:
+            self.slots[name].objects = [_message(empty)]
+            return
+        made = make()
+        # unlinked: Panel links the axes of HoloViews panes by default, so a new key's chart kept the old
+        # key's value range (found by the browser test)
+        pane = (pn.pane.HoloViews(made, sizing_mode="stretch_width", linked_axes=False)
+                if isinstance(made, hv.core.Dimensioned) else pn.panel(made, sizing_mode="stretch_width"))
+        self.slots[name].objects = [pane]
 
     def _error(self, err: Exception) -> None:
         self.status.object = f'<span style="color:{ALARM}">{_esc(str(err))}</span>'
@@ -341,7 +349,7 @@ class HistoryPage(pn.viewable.Viewer):
         none = f"no events of {key} between {first} and {last}" if series.buckets.empty else None
         if not fields:
             none = none or "no value fields configured (features.numeric)"
-        self._fill("key", lambda: pn.Column(*(pn.pane.HoloViews(key_chart(series, key, f, tz),
+        self._fill("key", lambda: pn.Column(*(pn.pane.HoloViews(key_chart(series, key, f, tz), linked_axes=False,
                                                                 sizing_mode="stretch_width") for f in fields),
                                             sizing_mode="stretch_width"), none)
         wnone = (f"no closed windows of {key} between {first} and {last} in {h.windows_table}"

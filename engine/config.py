@@ -256,8 +256,9 @@ class DashboardConfig(_Section):
     allow_websocket_origin: list[str] = Field(default_factory=list)
     #: the Dask dashboard linked from the Overview page; null = the engine's LocalCluster address
     dask_url: str | None = None
-    #: a session whose browser left (or never finished loading) is ended this long after
-    session_expiry_s: float = Field(default=5.0, gt=0)
+    #: a session whose browser left (or never finished loading) is ended this long after; not below 5 s: a
+    #: busy browser opens its websocket seconds after the page, and Bokeh would build that tab twice
+    session_expiry_s: float = Field(default=15.0, ge=5.0)
     auth: DashboardAuth = DashboardAuth()
 
 

@@ -1,8 +1,13 @@
-"""The dashboard as a user sees it: real broker, real Panel server, real headless Chromium.
+"""The dashboard as a user sees it: real broker, real Panel server, real headless Chromium (DevTools protocol).
 
-Records are produced to the ``scores`` / ``stats`` / ``alerts`` topics in the formats of
-docs/architecture.md; the page must render the charts, show the produced event count, and then show more
-events when more records are produced, without a reload.
+One engine feed (:mod:`tests.integration.dashboard_engine`: the engine's own encoders writing its topics),
+one registry and lake, one dashboard server and one browser serve the whole module; each test opens its own
+tab. Every page is checked to render, to update (two screenshots taken seconds apart differ, and so does the
+data behind them), and to log no console error; the sessions of browsers that never load a page, or leave
+early, must end.
+
+Screenshots are test artefacts (``$ISOSTREAM_ARTIFACTS`` or a temporary folder, printed); with
+``ISOSTREAM_UPDATE_SCREENSHOTS=1`` the second one of each page is also written to ``docs/screenshots/``.
 """
 
 from __future__ import annotations
@@ -10,205 +15,557 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
-from confluent_kafka import Producer
 
-from dashboards.app import ServerHandle, run_server, serve
-from dashboards.state import LiveState
-from engine.config import Topics, load
+from dashboards.app import ServerHandle, hub_for, run_server, serve, serve_config
+from dashboards.hub import Hub
+from engine.config import Config, Topics, load
 from streams.broker import EmbeddedBroker, free_port
+from tests.integration.dashboard_engine import EngineFeed, Registry, build_registry_and_lake
+from training.current import history
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page
 
 pytestmark = pytest.mark.integration
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+T = TypeVar("T")
+
 REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu"]
+VIEWPORT = {"width": 1400, "height": 1000}
+SCREENSHOTS = REPO / "docs" / "screenshots"
+MAX_SCREENSHOT_BYTES = 300_000
+#: the value of the ``seed`` fixture (tests/conftest.py): module-scoped fixtures cannot use that function one
+SEED = 20261124
+REFRESH_MS = 200
+#: Bokeh ends a session this long after its websocket closed, or if it never opened. Not 1 s: on a loaded
+#: 2-core machine a page's websocket opens 1-3 s after its HTML, and a session that expired before then is
+#: built a second time (measured: 2 sessions per tab at 1 s)
+SESSION_EXPIRY_S = 5.0
+SECONDS_APART = 3.0
+#: the engine has run this long when the dashboard starts: the charts open with a history
+BACKLOG_S = 45.0
+PAGE_TIMEOUT_MS = 60_000
+RED = "rgb(214, 39, 40)"  # dashboards.theme.ALARM
+KEY_LINK = re.compile(r"^/keys\?key=(?P<key>[^&]+)&at=(?P<at>\d+)$")
+
+#: a named ColumnDataSource's column: its length, its last ``n`` values and the sum of its finite values
+SOURCE_JS = """([name, column, n]) => {
+  for (const doc of Bokeh.documents) {
+    const m = doc.get_model_by_name(name);
+    if (m === null) continue;
+    const col = Array.from(m.data[column] ?? []);
+    const sum = col.reduce((a, v) => (Number.isFinite(v) ? a + v : a), 0);
+    return {n: col.length, tail: col.slice(-n), sum: sum};
+  }
+  return null;
+}"""
+#: every Bokeh plot title (drawn on the canvas, so not DOM text)
+TITLES_JS = """() => {
+  const out = [];
+  for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.title !== null && typeof m.title === "object" && "text" in m.title) out.push(String(m.title.text));
+  return out;
+}"""
+#: the locations of the Span annotations (the Keys page's "at" mark)
+SPANS_JS = """() => {
+  const out = [];
+  for (const doc of Bokeh.documents) for (const m of doc.all_models)
+    if (m.constructor.__name__ === "Span") out.push(m.location);
+  return out;
+}"""
 
 
-@pytest.fixture
+def wait_until(check: Callable[[], T], what: str, timeout_s: float = 30.0) -> T:
+    """Poll ``check`` until it returns something truthy (returned), failing with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            msg = f"{what}: not within {timeout_s:.0f} s (last: {value!r})"
+            raise AssertionError(msg)
+        time.sleep(0.1)
+
+
+def status(server: ServerHandle) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{server.url}status.json", timeout=10) as resp:
+        doc: dict[str, Any] = json.loads(resp.read())
+    return doc
+
+
+# -- the module's world: topics, registry and lake, the engine feed, the server, the browser -------------------
+@dataclass
+class World:
+    cfg: Config
+    registry: Registry
+
+
+@pytest.fixture(scope="module")
 def topics(broker: EmbeddedBroker) -> Topics:
-    """Fresh topic names per test: the broker is shared by the whole session."""
+    """Fresh names for every topic the dashboard reads: the broker is shared by the whole session."""
     tag = uuid.uuid4().hex[:8]
-    names = Topics(scores=f"scores-{tag}", stats=f"stats-{tag}", alerts=f"alerts-{tag}", dead_letter=f"dl-{tag}")
-    broker.create_topic(names.scores, partitions=2)
-    broker.create_topic(names.stats)
-    broker.create_topic(names.alerts)
+    names = Topics(**{name: f"{name}-{tag}" for name in Topics.model_fields})
+    for name in ("scores", "stats", "alerts", "incidents", "metrics", "control", "reports"):
+        broker.create_topic(getattr(names, name), partitions=2 if name == "scores" else 1)
     return names
 
 
-@pytest.fixture
-def live(broker: EmbeddedBroker, topics: Topics) -> Iterator[LiveState]:
-    state = LiveState({"bootstrap.servers": broker.bootstrap}, topics, history_s=120).start()
-    yield state
-    state.stop()
+def config(broker: EmbeddedBroker, topics: Topics, root: Path, **dashboard: Any) -> Config:
+    """The demo's config over ``topics`` and a lake and registry under ``root``, with 5 s windows."""
+    return load(REPO / "configs" / "demo.yaml", environ={}, overrides={
+        "kafka": {"bootstrap": broker.bootstrap, "topics": topics.model_dump()},
+        "lake": {"path": str(root / "lake")},
+        "model": {"save_dir": str(root / "models"), "n_trees": 50},
+        "windows": {"size_s": 5, "allowed_lateness_s": 1, "alert_anomaly_rate": 0.05, "min_count": 10},
+        "dashboard": {"port": free_port(), "refresh_ms": REFRESH_MS, "history_s": 120, **dashboard},
+    })
 
 
-@pytest.fixture
-def server(live: LiveState) -> Iterator[ServerHandle]:
-    handle = serve(live, port=free_port(), refresh_ms=250)
+@pytest.fixture(scope="module")
+def world(broker: EmbeddedBroker, topics: Topics, tmp_path_factory: pytest.TempPathFactory) -> World:
+    cfg = config(broker, topics, tmp_path_factory.mktemp("dashboard"), session_expiry_s=SESSION_EXPIRY_S)
+    return World(cfg, build_registry_and_lake(cfg, seed=SEED))
+
+
+@pytest.fixture(scope="module")
+def feed(world: World) -> Iterator[EngineFeed]:
+    reg = world.registry
+    engine = EngineFeed(world.cfg, seed=SEED, model_version=reg.live, shadow_version=reg.shadow,
+                        backlog_s=BACKLOG_S)
+    engine.swap(reg.live)
+    engine.catch_up()
+    engine.start()
+    yield engine
+    engine.stop()
+    assert engine.errors == [], f"the engine feed failed: {engine.errors!r}"
+
+
+@pytest.fixture(scope="module")
+def hub(world: World, feed: EngineFeed) -> Iterator[Hub]:
+    h = hub_for(world.cfg).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def server(world: World, hub: Hub) -> Iterator[ServerHandle]:
+    handle = serve_config(world.cfg, hub)
     yield handle
     handle.stop()
 
 
-class Engine:
-    """Writes what the engine would write for ``n`` events: scores, one stats record, the alerts."""
-
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        self.topics = topics
-        self.offset = 0
-
-    def batch(self, n: int, *, every: int = 50, extra_scores: list[bytes] | None = None) -> None:
-        anomalies = 0
-        for i in range(n):
-            off = self.offset + i
-            flagged = off % every == 0
-            anomalies += flagged
-            score = 0.8 if flagged else 0.2 + (off % 37) / 100
-            rec = {"key": f"dp-{off % 13}", "event_time": "2027-01-15T08:00:00Z", "score": score,
-                   "threshold": 0.7, "is_anomaly": flagged, "model_version": "v0001", "partition": off % 2,
-                   "offset": off}
-            self.producer.produce(self.topics.scores, json.dumps(rec).encode(), key=rec["key"].encode(),
-                                  partition=off % 2)
-            if flagged:
-                alert = {**rec, "station_id": f"st-{off % 5}", "value": 99.5, "valueThreshold": 50.0,
-                         "explanation": "value 99.5 is 2.0x its threshold"}
-                self.producer.produce(self.topics.alerts, json.dumps(alert).encode())
-        for raw in extra_scores or []:
-            self.producer.produce(self.topics.scores, raw, partition=0)
-        stats = {"ts": time.time(), "events": n, "events_per_s": n / 0.2, "dead_letters": 1, "anomalies": anomalies,
-                 "lag": 3, "batch_latency_ms": 20.0, "model_version": "v0001", "threshold": 0.7,
-                 "score_hist": {"edges": [0.0, 1.0], "counts": [n]}}
-        self.producer.produce(self.topics.stats, json.dumps(stats).encode())
-        assert self.producer.flush(30) == 0
-        self.offset += n
-
-    def close(self) -> None:
-        self.producer.flush(10)
-        del self.producer  # librdkafka handles are released on collection, before the broker goes away
-
-
-#: true once the Bokeh plot whose title starts with arg[0] has a y axis reaching at least arg[1]
-Y_AXIS_REACHES = """([title, at_least]) => {
-  for (const doc of Bokeh.documents) for (const m of doc.all_models)
-    if (m.title && m.y_range && String(m.title.text).startsWith(title)) return m.y_range.end >= at_least;
-  return false;
-}"""
-
-
-#: true once some Bokeh plot's title (drawn on the canvas, so not DOM text) is exactly arg
-HAS_PLOT_TITLE = """(text) => {
-  for (const doc of Bokeh.documents) for (const m of doc.all_models)
-    if (m.title && m.y_range && String(m.title.text) === text) return true;
-  return false;
-}"""
-
-
-def wait_until(check, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def test_page_renders_and_updates_live_in_chromium(
-    broker: EmbeddedBroker, topics: Topics, live: LiveState, server: ServerHandle, tmp_path: Path
-) -> None:
-    if not Path(CHROMIUM).exists():
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the playwright package is not installed (pip install playwright)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
-    engine = Engine(broker.bootstrap, topics)
-    engine.batch(400, extra_scores=[b"not json", b'{"score": "high"}'])  # bad records are skipped, not fatal
-    wait_until(lambda: live.snapshot().kpis.events == 400)
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        yield b
+        b.close()
+    finally:
+        pw.stop()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("ISOSTREAM_ARTIFACTS")
+    out = Path(env) if env else tmp_path_factory.mktemp("screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"dashboard screenshots in {out}")
+    return out
+
+
+@dataclass
+class Tab:
+    """One browser tab on the server, with the console errors and page errors it logged."""
+
+    page: Page
+    base: str
+    errors: list[str]
+
+    def open(self, path: str) -> None:
+        self.page.goto(self.base + path.lstrip("/"))
+
+    def source(self, name: str, column: str = "t", n: int = 20) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.page.evaluate(SOURCE_JS, [name, column, n])
+        return result
+
+    def newest(self, name: str, column: str) -> float:
+        """The last value of a named source's column (-inf when it is empty or missing)."""
+        s = self.source(name, column, 1)
+        return float(s["tail"][0]) if s and s["tail"] else float("-inf")
+
+    def titles(self) -> list[str]:
+        return list(self.page.evaluate(TITLES_JS))
+
+    def select(self, label: str) -> Locator:
+        """The ``<select>`` of the Panel Select widget labelled ``label`` (locators pierce the shadow DOM)."""
+        return self.page.locator(".bk-input-group", has_text=label).locator("select")
+
+    def kpi(self, label: str) -> str:
+        """The value shown above the headline-number label ``label``."""
+        exact = re.compile(f"^{re.escape(label)}$")
+        return self.page.locator(".iso-kpi", has=self.page.locator(".l", has_text=exact)).locator(".v").inner_text()
+
+    def shot(self, artifacts: Path, name: str) -> bytes:
+        png = self.page.screenshot()
+        (artifacts / f"{name}.png").write_bytes(png)
+        return png
+
+
+@pytest.fixture(scope="module")
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """One browser profile for the module's tabs: its cache spares each tab compiling Bokeh's scripts again."""
+    ctx = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def tab(context: BrowserContext, server: ServerHandle) -> Iterator[Tab]:
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    # warnings (Bokeh's "could not set initial ranges", WebGL notes) are not errors
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    yield Tab(page, server.url, errors)
+    page.close()
+
+
+def publish(name: str, png: bytes) -> None:
+    """The page's picture for the README, when asked for (a normal run does not rewrite tracked files)."""
+    if os.environ.get("ISOSTREAM_UPDATE_SCREENSHOTS") != "1":
+        return
+    assert len(png) < MAX_SCREENSHOT_BYTES, f"screenshot {name}: {len(png):,} bytes, over {MAX_SCREENSHOT_BYTES:,}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / f"{name}.png").write_bytes(png)
+
+
+def style(locator: Locator, prop: str) -> str:
+    """A computed style property of the first element ``locator`` finds."""
+    return str(locator.first.evaluate(f"e => getComputedStyle(e).{prop}"))
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def key_times(hub: Hub, key: str) -> set[float]:
+    """The event times (ms) of ``key``'s points in the server's buffer."""
+    return set(hub.state.key_series(key)[1]["t"].tolist())
+
+
+def shows_key(tab: Tab, hub: Hub, key: str, others: list[str]) -> bool:
+    """True when the Keys page's plots hold ``key``'s points: its latest points are ``key``'s and no other's."""
+    drawn = tab.source("key-points", "t", 20)
+    if not drawn or not drawn["tail"]:
+        return False
+    tail = set(drawn["tail"])
+    return tail <= key_times(hub, key) and not any(tail & key_times(hub, o) for o in others)
+
+
+# -- the pages ----------------------------------------------------------------------------------------------
+def test_overview_renders_updates_and_fills_the_alerts_table(world: World, tab: Tab, artifacts: Path) -> None:
+    tab.open("/")
+    wait_until(lambda: (s := tab.source("live-timeline", "events")) and s["sum"] > 0, "the live timeline filled")
+    ring = (tab.source("live-timeline", "seq") or {}).get("n")
+    newest = tab.newest("live-timeline", "seq")
+    wait_until(lambda: tab.kpi("events scored") not in ("", "–"), "the events KPI")
+    assert tab.kpi("model version") == world.registry.live
+    assert re.fullmatch(r"[\d,.]+ / [\d,.]+ ms", tab.kpi("latency p50 / p99")), tab.kpi("latency p50 / p99")
+    rows = tab.page.locator(".alerts-table table tbody tr")
+    wait_until(lambda: rows.count() > 0, "the alerts table filled")
+    href = rows.first.locator("a").first.get_attribute("href") or ""
+    assert KEY_LINK.match(href), href
+    dead = tab.page.locator("table.iso", has_text="reason")
+    wait_until(lambda: dead.count() == 1 and "invalid_json" in dead.inner_text(), "dead letters by reason")
+    assert (tab.source("live-histogram", "count") or {}).get("sum", 0) > 0
+    events = number(tab.kpi("events scored"))
+    first = tab.shot(artifacts, "overview-1")
+
+    tab.page.wait_for_timeout(SECONDS_APART * 1000)  # the deliberate gap between the two pictures
+    wait_until(lambda: tab.newest("live-timeline", "seq") > newest, "the timeline streamed new ticks")
+    assert (tab.source("live-timeline", "seq") or {}).get("n") == ring  # a ring: rows roll over as ticks come
+    wait_until(lambda: number(tab.kpi("events scored")) > events, "the events KPI grew")
+    second = tab.shot(artifacts, "overview-2")
+    assert first != second
+    publish("overview", second)
+    assert tab.errors == []
+
+
+def test_keys_page_updates_and_its_selector_switches_the_plots(hub: Hub, tab: Tab, artifacts: Path) -> None:
+    tab.open("/keys")
+    selector = tab.select("station / sensor key")
+    wait_until(lambda: selector.locator("option").count() == 6, "all six live keys in the selector")
+    keys = selector.locator("option").all_inner_texts()
+    shown = selector.input_value()  # the busiest alerting key (the order may change as alerts come)
+    assert shown in keys
+    others = [k for k in keys if k != shown]
+    wait_until(lambda: shows_key(tab, hub, shown, others), f"the plots showing {shown}")
+    newest = tab.newest("key-points", "t")
+    first = tab.shot(artifacts, "keys-1")
+
+    tab.page.wait_for_timeout(SECONDS_APART * 1000)
+    wait_until(lambda: tab.newest("key-points", "t") > newest, f"new points of {shown} streamed")
+    second = tab.shot(artifacts, "keys-2")
+    assert first != second
+    publish("keys", second)
+
+    other = others[1]
+    selector.select_option(other)
+    wait_until(lambda: shows_key(tab, hub, other, [k for k in keys if k != other]), f"the plots switched to {other}")
+    link = tab.page.locator("a", has_text="in the lake (history)")
+    wait_until(lambda: other in link.inner_text(), "the history link follows the key")
+    assert tab.errors == []
+
+
+def test_keys_deep_link_opens_the_key_at_a_time(hub: Hub, tab: Tab) -> None:
+    _, listed = hub.state.key_list()
+    key = listed[-1][0]  # not the default (the busiest alerting key)
+    at = int(time.time() * 1000) - 5_000
+    tab.open(f"/keys?key={quote(key)}&at={at}")
+    wait_until(lambda: tab.select("station / sensor key").input_value() == key, f"{key} selected")
+    wait_until(lambda: shows_key(tab, hub, key, [k for k, _, _ in listed if k != key]), f"the plots showing {key}")
+    assert tab.page.evaluate(SPANS_JS) == [at]
+
+    tab.open("/keys?key=no-such-key&at=not-a-time")  # bad input is answered, not a crash
+    tab.page.get_by_text("no recent events of no-such-key").wait_for()
+    assert tab.select("station / sensor key").input_value() == "no-such-key"
+    assert tab.errors == []
+
+
+def test_incidents_open_first_in_red_and_link_to_their_key(hub: Hub, tab: Tab, artifacts: Path) -> None:
+    tab.open("/incidents")
+    # the pane's own element is the shadow host: its text is in the table inside
+    table = tab.page.locator(".incidents-table table")
+    badges = table.locator(".iso-badge")
+    wait_until(lambda: {"open", "closed"} <= set(badges.all_inner_texts()), "open and closed incidents listed")
+    statuses = badges.all_inner_texts()
+    assert statuses == sorted(statuses, key=lambda s: s != "open"), statuses  # open ones first
+    # the table is redrawn every 2 s: an element read during a redraw has no style, so read until one has
+    wait_until(lambda: style(table.locator(".iso-badge.open"), "backgroundColor") == RED, "open badges red")
+    wait_until(lambda: style(table.locator(".iso-badge.closed"), "backgroundColor") not in ("", RED),
+               "closed badges not red")
+    wait_until(lambda: style(table.locator("tr.open td"), "borderLeftColor") == RED, "open rows marked red")
+    wait_until(lambda: number(tab.kpi("open incidents")) == table.locator(".iso-badge.open").count(),
+               "the open-incidents number matches the table")
+    text = table.inner_text()
+    first = tab.shot(artifacts, "incidents-1")
+
+    tab.page.wait_for_timeout(SECONDS_APART * 1000)
+    wait_until(lambda: table.inner_text() != text, "the incidents table changed")
+    second = tab.shot(artifacts, "incidents-2")
+    assert first != second
+    publish("incidents", second)
+
+    link = table.locator("a").first
+    href = link.get_attribute("href") or ""
+    assert KEY_LINK.match(href), href
+    link.click()  # the table may have been redrawn since: check where the click went, not the href read
+    tab.page.wait_for_url(re.compile(r"/keys\?key="))
+    query = parse_qs(urlparse(tab.page.url).query)
+    key, at = query["key"][0], int(query["at"][0])
+    wait_until(lambda: tab.select("station / sensor key").input_value() == key, f"{key} selected")
+    wait_until(lambda: tab.page.evaluate(SPANS_JS) == [at], "the incident's start marked")
+    _, listed = hub.state.key_list()
+    wait_until(lambda: shows_key(tab, hub, key, [k for k, _, _ in listed if k != key]), f"the plots showing {key}")
+    assert tab.errors == []
+
+
+def test_models_page_shows_the_live_version_and_the_promotion_history(world: World, tab: Tab,
+                                                                       artifacts: Path) -> None:
+    reg = world.registry
+    tab.open("/models")
+    live = tab.page.locator(".models-live .iso-kpis")
+    wait_until(lambda: reg.live in live.inner_text(), "the live version")
+    assert tab.kpi("how it went live") == "promote"
+    versions = tab.page.locator(".models-versions tbody tr")
+    assert versions.count() == 3
+    assert reg.live in versions.filter(has=tab.page.locator(".iso-badge.live")).inner_text()
+    assert reg.shadow in versions.filter(has=tab.page.locator(".iso-badge.shadow")).inner_text()
+    promotions = tab.page.locator("table.iso", has_text="reason").locator("tbody tr")
+    actions = [r.locator("td").nth(1).inner_text() for r in promotions.all()]
+    assert actions == [h["action"] for h in reversed(history(world.cfg.registry))]  # newest first
+    promoted = promotions.filter(has_text="promote")
+    assert reg.live in promoted.inner_text() and "gate passed" in promoted.inner_text()
+    swaps = tab.page.locator("table.iso", has_text="pipeline")
+    wait_until(lambda: "swap" in swaps.inner_text() and reg.live in swaps.inner_text(), "the control-topic swap")
+    shadow_row = tab.page.locator("table.iso", has_text="candidate alert rate").locator("tbody tr").first
+    wait_until(lambda: reg.shadow in shadow_row.inner_text(), "the shadow's live counts")
+    events = number(shadow_row.locator("td").nth(1).inner_text())
+    first = tab.shot(artifacts, "models-1")
+
+    tab.page.wait_for_timeout(SECONDS_APART * 1000)
+    wait_until(lambda: number(shadow_row.locator("td").nth(1).inner_text()) > events, "the shadow scored more events")
+    second = tab.shot(artifacts, "models-2")
+    assert first != second
+    publish("models", second)
+    assert tab.errors == []
+
+
+def test_history_page_reads_the_lake_and_switches_keys(world: World, hub: Hub, tab: Tab, artifacts: Path) -> None:
+    first_day, last_day = world.registry.lake_days
+    key = "ST0000-DP00"
+    tab.open(f"/history?from={first_day}&to={last_day}&key={key}")
+    selector = tab.select("Key (datapoint_id)")
+    wait_until(lambda: selector.input_value() == key, f"{key} picked from the link")
+    assert hub.history is not None
+    events = int(hub.history.timeline(first_day, last_day)["events"].sum())
+    assert events > 0
+    tab.page.get_by_text(f"{first_day} … {last_day} (UTC) · {events:,} events").wait_for()
+    lake = hub.history
+
+    def charted(k: str) -> bool:  # the key's chart, titled with its event count in the lake
+        return f"{k} · value · {lake.key_series(first_day, last_day, k).events:,} events" in " | ".join(
+            tab.titles())
+
+    wait_until(lambda: charted(key), f"the chart of {key}")
+    tab.page.locator(".tabulator").first.wait_for()  # the report and windows tables
+    first = tab.shot(artifacts, "history-1")
+
+    other = next(k for k in selector.locator("option").all_inner_texts() if k != key)
+    selector.select_option(other)
+    # the browser's document still lists the replaced plots among its models: look for the new one
+    wait_until(lambda: charted(other), f"the key's chart switched to {other}")
+    second = tab.shot(artifacts, "history-2")
+    assert first != second
+    publish("history", first)  # the deep-linked view
+    assert tab.errors == []
+
+
+# -- sessions -------------------------------------------------------------------------------------------------
+def test_sessions_end_when_a_browser_never_loads_or_leaves_early(browser: Browser, tab: Tab,
+                                                                  server: ServerHandle) -> None:
+    wait_until(lambda: status(server)["sessions"]["live"] == 0, "the previous tests' tabs ended",
+               timeout_s=4 * SESSION_EXPIRY_S)
+    leaver = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    try:
+        tab.open("/")
+        wait_until(lambda: status(server)["sessions"]["ticking"] == 1, "the open tab ticking")
+        before = status(server)["sessions"]
+
+        with urllib.request.urlopen(f"{server.url}keys", timeout=30) as resp:  # a session whose websocket never opens
+            assert resp.status == 200
+        quick = leaver.new_page()
+        quick.goto(f"{server.url}incidents", wait_until="commit")
+        quick.wait_for_timeout(200)  # the tab closes ~200 ms after navigating, before the page has loaded
+        leaver.close()
+        started = time.monotonic()
+        samples: list[dict[str, int]] = []
+
+        def ended() -> bool:
+            s = status(server)["sessions"]
+            samples.append(s)
+            return s["live"] == 1 and s["destroyed"] >= before["destroyed"] + 2
+
+        wait_until(ended, "the two sessions ended", timeout_s=6 * SESSION_EXPIRY_S)
+        print(f"orphan sessions ended {time.monotonic() - started:.1f} s after the tab closed")
+        after = samples[-1]
+        assert after["created"] >= before["created"] + 2 and after["ticking"] == 1
+        # the plain GET never loads: only the quick tab could have (it had 200 ms), and only what loaded ticks
+        assert after["loaded"] - before["loaded"] <= 1
+        assert all(s["ticking"] <= 1 + (s["loaded"] - before["loaded"]) for s in samples), samples
+    finally:
+        leaver.close()
+    assert tab.errors == []
+
+
+def test_a_bad_record_is_skipped_and_the_page_keeps_updating(topics: Topics, feed: EngineFeed, server: ServerHandle,
+                                                            tab: Tab) -> None:
+    bad_before = status(server)["bad_records"]["scores"]
+    feed.send_raw(topics.scores, [b"not json", b'{"score": "high"}'])
+    wait_until(lambda: status(server)["bad_records"]["scores"] == bad_before + 2, "two bad scores records counted")
+    tab.open("/")
+    tab.page.locator(".iso-status", has_text=f"{bad_before + 2} bad records skipped").wait_for()
+    events = wait_until(lambda: tab.kpi("events scored") not in ("", "–") and number(tab.kpi("events scored")),
+                        "the events KPI")
+    wait_until(lambda: number(tab.kpi("events scored")) > events, "the page still updating")
+    assert status(server)["feed_errors"] == 0
+    assert tab.errors == []
+
+
+# -- the ways to run it -------------------------------------------------------------------------------------
+def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port`` (connections the server closed may linger in TIME_WAIT: a server may bind)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server.url)
-            events = page.locator(".kpi-events div").last  # Playwright locators pierce Panel's shadow DOM
-            expect(events).to_have_text("400", timeout=30_000)
-            expect(page.locator("canvas").first).to_be_visible(timeout=30_000)
-            assert page.locator("canvas").count() >= 3  # throughput, anomalies, histogram
-            expect(page.locator(".kpi-anomalies div").last).to_have_text("8")
-            expect(page.locator(".kpi-model div").last).to_have_text("v0001")
-            expect(page.locator(".alerts-table").get_by_text("value 99.5 is 2.0x its threshold").first).to_be_visible()
-            expect(page.get_by_text("2 bad records skipped")).to_be_visible()
-            page.screenshot(path=str(tmp_path / "dashboard-400.png"), full_page=True)
-
-            engine.batch(600)  # the same page, no reload: the streamed KPI must move
-            expect(events).to_have_text("1,000", timeout=30_000)
-            expect(page.locator(".kpi-anomalies div").last).to_have_text("20")
-            expect(page.locator(".kpi-dead_letters div").last).to_have_text("2")
-            page.wait_for_function(HAS_PLOT_TITLE, arg="Anomalies / s · 20 in window (2.00 %)")
-            # the plots were patched with the new frames and rescaled, not frozen at the first frame's axes
-            tallest_bin = int(live.snapshot().histogram["count"].max())
-            page.wait_for_function(Y_AXIS_REACHES, arg=["Recent scores", tallest_bin], timeout=15_000)
-            page.wait_for_function(Y_AXIS_REACHES, arg=["Throughput", 600], timeout=15_000)
-            page.wait_for_timeout(600)  # let the plots take the last frame before the picture
-            page.screenshot(path=str(tmp_path / "dashboard-1000.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
-            engine.close()
-    assert live.bad_records["scores"] == 2
-    assert live.feed is not None and live.feed.errors == 0
-    print(f"screenshots in {tmp_path}")
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
-def test_server_stops_and_frees_its_port(live: LiveState) -> None:
+def test_server_stops_and_frees_its_port(hub: Hub) -> None:
     port = free_port()
-    handle = serve(live, port=port)
-    with urllib.request.urlopen(handle.url, timeout=10) as resp:
-        assert resp.status == 200 and b"bokeh" in resp.read().lower()
+    handle = serve(hub, port=port)
+    with urllib.request.urlopen(f"{handle.url}status.json", timeout=10) as resp:
+        assert resp.status == 200 and json.loads(resp.read())["consuming"] is True
     handle.stop()
-    assert not handle.running
-    again = serve(live, port=port)  # the port is free again: stop really closed the listener
+    assert not handle.running and port_is_free(port)
+    again = serve(hub, port=port)  # the port is free again: stop really closed the listener
     again.stop()
 
 
-def test_run_server_serves_until_stopped(broker: EmbeddedBroker, topics: Topics) -> None:
-    port = free_port()
-    cfg = load(environ={}, overrides={
-        "kafka": {"bootstrap": broker.bootstrap, "topics": topics.model_dump()},
-        "dashboard": {"port": port, "refresh_ms": 500, "history_s": 60},
-    })
+def test_run_server_serves_until_stopped(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    names = Topics(**{name: f"run-{name}-{tag}" for name in Topics.model_fields})
+    broker.create_topic(names.scores)
+    cfg = config(broker, names, tmp_path)
     stop = threading.Event()
     runner = threading.Thread(target=run_server, args=(cfg,), kwargs={"open_browser": False, "stop": stop})
     runner.start()
+    url = f"http://127.0.0.1:{cfg.dashboard.port}/"
     try:
         def answers() -> bool:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
-                    return resp.status == 200
+                with urllib.request.urlopen(f"{url}status.json", timeout=5) as resp:
+                    return bool(json.loads(resp.read())["consuming"])
             except OSError:
                 return False
 
-        wait_until(answers)
+        wait_until(answers, "run_server answering /status.json")
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert resp.status == 200 and "isostream · Overview" in resp.read().decode()
     finally:
         stop.set()
         runner.join(timeout=30)
     assert not runner.is_alive()
+    assert port_is_free(cfg.dashboard.port)
 
 
-def test_panel_serve_reads_isostream_config(broker: EmbeddedBroker, topics: Topics, tmp_path: Path) -> None:
-    config = tmp_path / "dash.yaml"
-    config.write_text(f"kafka:\n  bootstrap: {broker.bootstrap}\n  topics: {json.dumps(topics.model_dump())}\n")
+def test_panel_serve_serves_the_overview_at_app(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    names = Topics(**{name: f"panel-{name}-{tag}" for name in Topics.model_fields})
+    config_file = tmp_path / "dash.yaml"
+    config_file.write_text(json.dumps({"kafka": {"bootstrap": broker.bootstrap, "topics": names.model_dump()},
+                                       "lake": {"path": str(tmp_path / "lake")},
+                                       "model": {"save_dir": str(tmp_path / "models")}}))  # JSON is YAML
     port = free_port()
-    env = dict(os.environ, ISOSTREAM_CONFIG=str(config))
+    env = dict(os.environ, ISOSTREAM_CONFIG=str(config_file))
     cmd = [sys.executable, "-m", "panel", "serve", str(REPO / "dashboards" / "app.py"), "--port", str(port),
            "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -218,14 +575,15 @@ def test_panel_serve_reads_isostream_config(broker: EmbeddedBroker, topics: Topi
         def answers() -> bool:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/app", timeout=10) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/app", timeout=30) as resp:
                     page.append(resp.read().decode())
                     return True
             except OSError:
                 return False
 
-        wait_until(answers, timeout_s=60)
-        assert "<title>isostream · live anomaly detection</title>" in page[0]  # the served branch ran
+        wait_until(answers, "panel serve answering /app", timeout_s=90)
+        # the served branch ran and built the Overview page (the page template's title is the document's)
+        assert "<title>isostream · Overview</title>" in page[0]
         assert "Traceback" not in page[0]
     finally:
         proc.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Producer
@@ -24,7 +25,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
-def wait_until(check, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], object], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -34,17 +35,25 @@ def wait_until(check, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyp
 def test_topics_created_after_start_are_picked_up(broker: EmbeddedBroker) -> None:
     tag = uuid.uuid4().hex[:8]
     topics = Topics(scores=f"late-scores-{tag}", stats=f"late-stats-{tag}", alerts=f"late-alerts-{tag}")
+    broker.create_topic(topics.alerts)
     # the demo starts the dashboard before the engine has created its output topics
     with LiveState({"bootstrap.servers": broker.bootstrap}, topics, history_s=60) as state:
-        time.sleep(1.5)
-        assert state.feed is not None and state.feed.assigned == set()
+        assert state.feed is not None
+        # one metadata round has run once the topic that exists is read; the others were not there
+        wait_until(lambda: state.feed is not None and (topics.alerts, 0) in state.feed.assigned)
+        assert {t for t, _ in state.feed.assigned} == {topics.alerts}
         broker.create_topic(topics.scores, partitions=3)
         broker.create_topic(topics.stats)
         produce(broker.bootstrap, topics.scores, [json.dumps({"score": 0.1 * (i % 10)}).encode() for i in range(90)])
         produce(broker.bootstrap, topics.stats, [json.dumps({"ts": time.time(), "events": 90}).encode()])
-        wait_until(lambda: state.snapshot().kpis.events == 90 and state.snapshot().scores_in_histogram == 90)
+
+        def counted() -> bool:
+            state.tick()  # the broadcaster's clock, which closes the timeline's ticks (and the KPIs with them)
+            return state.kpis().events == 90 and state.scores_in_histogram == 90
+
+        wait_until(counted)
         assert {(topics.scores, p) for p in range(3)} <= state.feed.assigned
-        assert state.snapshot().timeline["events"].sum() == 90  # placed by the records' Kafka timestamps
+        assert state.timeline()["events"].sum() == 90  # placed by the records' Kafka timestamps
     assert not state.running
 
 
