@@ -89,16 +89,17 @@ class KeysPage(LivePage):
             values.scatter("t", f"{f}_alert", source=src, color=ALARM, size=8, legend_label="alert")
         if self.fields:
             values.legend.location = "top_left"
+            values.legend.background_fill_alpha = 0.5  # the readings show through where the legend sits
         scores = time_figure("Anomaly score", "score (0–1)", height=200, y_format="0.00")
         scores.line("t", "score", source=src, color=MUTED, line_width=1)
         scores.scatter("t", "score_alert", source=src, color=ALARM, size=7)
         scores.y_range.end = 1.0
         win = self.windows
-        counts = time_figure("Event-time windows: events and alarms per window", "events per window", height=200)
+        counts = time_figure("Windows: events and alarms", "per window", height=200)
         counts.vbar(x="mid", width="w", top="count", source=win, color=ACCENT, alpha=0.5, legend_label="events")
         counts.vbar(x="mid", width="w", top="alarms", source=win, color=ALARM, alpha=0.8, legend_label="alarms")
         counts.legend.location = "top_left"
-        stats = time_figure(f"Window mean and min–max of {self.fields[0]}" if self.fields else "Window statistics",
+        stats = time_figure(f"Windows: {self.fields[0]} mean, min–max" if self.fields else "Window statistics",
                             "value", height=200, y_format=None, zero=False)
         stats.varea(x="mid", y1="lo", y2="hi", source=win, color=BAND, alpha=0.6, legend_label="min–max")
         stats.line("mid", "mean", source=win, color=ACCENT, line_width=2, legend_label="mean")

@@ -37,6 +37,10 @@ from dashboards.theme import (
 )
 from dashboards.ticks import COLUMNS
 
+#: the engine's gauges change once a second (its metrics records): drawn then, not on every tick
+GAUGES = ("t", "seq", "lag", "latency_p50_ms", "latency_p99_ms")
+FAST = tuple(c for c in COLUMNS if c not in GAUGES[2:])
+
 SLOW_EVERY_S = 1.0  # tables, histogram and numbers: people do not read faster
 
 
@@ -65,7 +69,9 @@ class Overview(LivePage):
         self._seq = -state.ticks.size  # nothing drawn yet: the first update sends the whole ring
         self._slow_at = 0.0
         self._drawn: dict[str, int] = {}
-        self.timeline = source(COLUMNS, name="live-timeline")
+        self.timeline = source(FAST, name="live-timeline")
+        self.gauges = source(GAUGES, name="live-gauges")
+        self._gauge_seq = self._seq
         self._figures = self._time_figures()
         self.hist = ColumnDataSource({"left": [], "right": [], "count": []}, name="live-histogram")
         self._threshold = Span(location=np.nan, dimension="height", line_color=ALARM, line_dash="dashed",
@@ -89,11 +95,11 @@ class Overview(LivePage):
         ano = time_figure("Anomalies", "anomalies / s", y_format="0,0.[0]")
         ano.line("t", "anomalies_per_s", source=src, color=ALARM, line_width=1.5)
         lat = time_figure("Latency: Kafka in → committed (last 10 s)", "ms")
-        lat.line("t", "latency_p50_ms", source=src, color=ACCENT, line_width=1.5, legend_label="p50")
-        lat.line("t", "latency_p99_ms", source=src, color="#ff7f0e", line_width=1.5, legend_label="p99")
+        lat.line("t", "latency_p50_ms", source=self.gauges, color=ACCENT, line_width=1.5, legend_label="p50")
+        lat.line("t", "latency_p99_ms", source=self.gauges, color="#ff7f0e", line_width=1.5, legend_label="p99")
         lat.legend.location = "top_left"
         lag = time_figure("Consumer lag", "records not yet read")
-        lag.line("t", "lag", source=src, color=MUTED, line_width=1.5)
+        lag.line("t", "lag", source=self.gauges, color=MUTED, line_width=1.5)
         return [thr, ano, lat, lag]
 
     def _histogram_figure(self) -> Any:
@@ -127,7 +133,7 @@ class Overview(LivePage):
         self.missed += state.ticks.missed(self._seq) if self._seq > 0 else 0
         rows = state.timeline(self._seq)
         if len(rows):
-            data = data_of(rows, COLUMNS)
+            data = data_of(rows, FAST)
             if self._seq <= 0:
                 self.timeline.data = data
             else:
@@ -144,8 +150,24 @@ class Overview(LivePage):
         self._drawn[part] = seq
         return True
 
+    def _draw_gauges(self) -> None:
+        """The gauges' rows since the last draw, one per second (they change at that rate)."""
+        state = self.hub.state
+        rows = state.timeline(self._gauge_seq)
+        if not len(rows):
+            return
+        per_s = max(1, round(1000 / state.ticks.tick_ms))
+        shown = rows.iloc[::-1].iloc[::per_s].iloc[::-1]  # every per_s-th row, ending with the newest
+        data = data_of(shown, GAUGES)
+        if self._gauge_seq <= 0:
+            self.gauges.data = data
+        else:
+            self.gauges.stream(data, rollover=state.ticks.size // per_s + 1)
+        self._gauge_seq = int(rows["seq"].iloc[-1])
+
     def _draw_slow(self) -> None:
         state = self.hub.state
+        self._draw_gauges()
         k = state.kpis()
         text = kpis_html([
             ("events scored", number(k.events), False),
