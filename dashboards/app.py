@@ -150,7 +150,7 @@ def serve(
     threaded: bool = True,
     *,
     allow_websocket_origin: Sequence[str] = (),
-    session_expiry_s: float = 15.0,
+    session_expiry_s: float = 30.0,
     auth: dict[str, Any] | None = None,
     ready_timeout_s: float = 30.0,
 ) -> ServerHandle:

@@ -258,7 +258,7 @@ class DashboardConfig(_Section):
     dask_url: str | None = None
     #: a session whose browser left (or never finished loading) is ended this long after; not below 5 s: a
     #: busy browser opens its websocket seconds after the page, and Bokeh would build that tab twice
-    session_expiry_s: float = Field(default=15.0, ge=5.0)
+    session_expiry_s: float = Field(default=30.0, ge=5.0)
     auth: DashboardAuth = DashboardAuth()
 
 
