@@ -15,7 +15,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, Range1d
+from bokeh.models import ColumnDataSource, CustomJS, Range1d
 from bokeh.models.annotations import Span
 from bokeh.plotting import figure
 
@@ -42,6 +42,14 @@ GAUGES = ("t", "seq", "lag", "latency_p50_ms", "latency_p99_ms")
 FAST = tuple(c for c in COLUMNS if c not in GAUGES[2:])
 
 SLOW_EVERY_S = 1.0  # tables, histogram and numbers: people do not read faster
+#: ticks a browser may be behind before its page holds back: measured with 10 windows on 2 cores, the
+#: browsers fell seconds behind and the rows queued up in them; held back, they wait on the server and go
+#: out together in one update the browser draws once
+IN_FLIGHT_TICKS = 5
+#: the browser acknowledges each streamed update once it has applied it: a property change Bokeh syncs back.
+#: Deferred: a change made while BokehJS applies the server's patch carries the patch's setter and is not sent
+ACK_JS = ("const seq = cb_obj.data.seq[cb_obj.data.seq.length - 1];"
+          "setTimeout(() => { cb_obj.tags = [seq] }, 0)")
 
 
 def alert_link(key_field: str | None) -> Any:
@@ -72,6 +80,8 @@ class Overview(LivePage):
         self.timeline = source(FAST, name="live-timeline")
         self.gauges = source(GAUGES, name="live-gauges")
         self._gauge_seq = self._seq
+        self._acked: int | None = None  # None: no browser acknowledges (not served): no flow control
+        self.held = 0  # ticks held back because the browser had not caught up
         self._figures = self._time_figures()
         self.hist = ColumnDataSource({"left": [], "right": [], "count": []}, name="live-histogram")
         self._threshold = Span(location=np.nan, dimension="height", line_color=ALARM, line_dash="dashed",
@@ -114,6 +124,20 @@ class Overview(LivePage):
         fig.title.text_font_size = "11pt"
         return fig
 
+    def attach(self) -> None:
+        super().attach()
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            return
+        self._acked = self._seq
+        self.timeline.tags = [self._seq]
+        self.timeline.js_on_change("streaming", CustomJS(code=ACK_JS))
+        self.timeline.on_change("tags", self._on_ack)
+
+    def _on_ack(self, _attr: str, _old: Any, new: Any) -> None:
+        if new and isinstance(new[0], int | float):
+            self._acked = int(new[0])
+
     def body(self) -> list[Any]:
         pane = lambda f: pn.pane.Bokeh(f, sizing_mode="stretch_width")  # noqa: E731
         return [
@@ -130,15 +154,22 @@ class Overview(LivePage):
     # -- updates ------------------------------------------------------------------------------------------------
     def draw(self) -> None:
         state = self.hub.state
+        if self._acked is not None and self._seq > 0 and self._seq - self._acked > IN_FLIGHT_TICKS:
+            self.held += 1
+            self.coalesced += 1  # drawn late, with the next update the browser can take
+            return
         self.missed += state.ticks.missed(self._seq) if self._seq > 0 else 0
         rows = state.timeline(self._seq)
         if len(rows):
             data = data_of(rows, FAST)
-            if self._seq <= 0:
+            full = self._seq <= 0
+            if full:
                 self.timeline.data = data
             else:
                 self.timeline.stream(data, rollover=state.ticks.size)
             self._seq = int(rows["seq"].iloc[-1])
+            if full and self._acked is not None:  # only streams are acknowledged: the first frame counts as seen
+                self._acked = self._seq
         now = time.monotonic()
         if now - self._slow_at >= SLOW_EVERY_S:
             self._slow_at = now

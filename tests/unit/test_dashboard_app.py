@@ -250,3 +250,23 @@ def test_auth_options_pass_through_and_stay_secret() -> None:
                                  "oauth_key": "id"}
     assert "s3cret" not in repr(cfg.dashboard)
     assert auth_options(load(environ={})) == {}
+
+
+def test_overview_holds_back_while_its_browser_is_behind(hub: Hub, clock: Clock) -> None:
+    tick(hub, clock)
+    view = Overview(hub)
+    view.update()  # the whole ring: counts as seen
+    view._acked = view._seq  # what attach() does in a served session
+    drawn = view._seq
+    tick(hub, clock, 3)
+    view.update()  # 3 rows streamed, none acknowledged yet: still within the window
+    assert view._seq == drawn + 3 and view.held == 0
+    tick(hub, clock, 3)
+    view.update()
+    assert view._seq == drawn + 6
+    tick(hub, clock, 2)
+    view.update()  # 6 ticks unacknowledged > 5: the rows wait on the server
+    assert view._seq == drawn + 6 and view.held == 1 and view.coalesced == 1
+    view._on_ack("tags", [], [drawn + 6])  # the browser applied them
+    view.update()  # both waiting rows go out together
+    assert view._seq == drawn + 8 and view.missed == 0
