@@ -65,7 +65,7 @@ REPO = HERE.parent
 CONFIG = REPO / "configs" / "demo.yaml"
 OUTPUT_TOPICS = ("scores", "alerts", "stats", "dead_letter", "metrics", "control", "incidents")
 #: the Kafka coordinates at the end of a JSON ``scores`` record (engine/outputs.py writes them last, in order)
-_COORDS = re.compile(rb'"partition":(\d+),"offset":(\d+)\}')
+_COORDS = re.compile(rb'"partition":(\d+),"offset":(\d+)[,}]')  # the input values may follow
 _STATE_ARRAYS = ("keys", "fstate", "ring_v", "ring_t", "ring_s", "kstate", "tring", "shring")
 
 

@@ -34,7 +34,9 @@ def wait_until(check: Callable[[], object], timeout_s: float = 30.0) -> None:
 
 def test_topics_created_after_start_are_picked_up(broker: EmbeddedBroker) -> None:
     tag = uuid.uuid4().hex[:8]
-    topics = Topics(scores=f"late-scores-{tag}", stats=f"late-stats-{tag}", alerts=f"late-alerts-{tag}")
+    # every topic the state reads gets this test's name: the broker is shared, and other tests create the defaults
+    topics = Topics(**{name: f"late-{name}-{tag}" for name in ("scores", "stats", "alerts", "incidents", "metrics",
+                                                               "control", "reports")})
     broker.create_topic(topics.alerts)
     # the demo starts the dashboard before the engine has created its output topics
     with LiveState({"bootstrap.servers": broker.bootstrap}, topics, history_s=60) as state:
