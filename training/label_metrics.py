@@ -266,6 +266,9 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         doc = json.loads(p.read_bytes())
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        # the store's folder was created between the check and the read (found by a fresh-clone run)
+        return None if p.name == METRICS_FILE else read_metrics(p / METRICS_FILE)
     except (OSError, ValueError) as err:
         msg = f"labels: cannot read {p}: {err}"
         raise LabelError(msg) from err
