@@ -83,6 +83,15 @@ TITLES_JS = """() => {
   return out;
 }"""
 #: the locations of the Span annotations (the Keys page's "at" mark)
+#: BokehJS's inline style sheets, after the page's patch: how many times two writes of one text and one of
+#: another changed the element (the patch: once)
+STYLE_WRITES_JS = """() => new Promise((resolve) => {
+  const sheet = new (Bokeh.require("core/dom").InlineStyleSheet)(":host {top: 1px}");
+  let writes = 0;
+  new MutationObserver((records) => { writes += records.length; }).observe(sheet.el, {childList: true});
+  sheet.replace(":host {top: 1px}"); sheet.replace(":host {top: 1px}"); sheet.replace(":host {top: 2px}");
+  setTimeout(() => resolve(writes), 50);
+})"""
 SPANS_JS = """() => {
   const out = [];
   for (const doc of Bokeh.documents) for (const m of doc.all_models)
@@ -313,6 +322,7 @@ def test_overview_renders_updates_and_fills_the_alerts_table(world: World, tab: 
     second = tab.shot(artifacts, "overview-2")
     assert first != second
     publish("overview", second)
+    assert tab.page.evaluate(STYLE_WRITES_JS) == 1  # identical rewrites skipped (theme.STYLE_PATCH_JS)
     assert tab.errors == []
 
 
