@@ -2,7 +2,7 @@
 
 Every method takes an inclusive range of lake days ``[start, end]`` (calendar dates in the lake's time zone,
 as the ``date=YYYY-MM-DD`` folders are) and returns a small pandas frame: DuckDB reads only the files each
-day's manifest lists (:func:`streams.reports.lake_days` and ``_live_files``) and aggregates on its side, so no
+day's manifest lists (:func:`streams.reports.lake_days` and :func:`~streams.reports.query_live_files`) and aggregates on its side, so no
 raw event crosses into Python except a key's points over a short range (at most ``points_limit`` rows).
 
 Charts over time use one bucket width per range, the finest of :data:`BUCKET_STEPS_S` that keeps the range
@@ -52,10 +52,10 @@ from streams.reports import (
     PERIODS,
     ReportError,
     _filesystem,
-    _live_files,
     build_report,
     lake_days,
     parse_day,
+    query_live_files,
 )
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ TIMELINE_COLUMNS = ("time", "events", "anomalies", "alarms", "events_per_s", "an
 HISTOGRAM_COLUMNS = ("left", "right", "count")
 KEYS_COLUMNS = ("key", "events", "anomalies", "alarms")
 _STATS = ("mean", "min", "max")
-_READ_TRIES = 3  # a compaction may swap a day's files between the manifest read and DuckDB's open
 
 
 class HistoryError(ValueError):
@@ -385,38 +384,28 @@ class History:
             return empty  # no lake (yet): nothing to show
         except LakeError as err:
             raise HistoryError(f"history: {err}") from None
-        local = isinstance(fs, LocalFileSystem)
-        con = self._cursor(fs, local)
+        con = self._cursor(fs, isinstance(fs, LocalFileSystem))
+
+        def read(paths: list[str]) -> pd.DataFrame:
+            # a view of this cursor's own: concurrent queries each see their own files as `src`
+            rel = con.read_parquet(paths, union_by_name=True, hive_partitioning=False)
+            rel.create_view("src", replace=True)
+            built = build({str(n): str(t) for n, t in zip(rel.columns, rel.types, strict=True)})
+            if built is None:
+                return empty
+            sql, params = built
+            return con.execute(sql, params).df()
+
         try:
-            for _ in range(_READ_TRIES):
-                try:
-                    files = [f for d in days for f in _live_files(fs, f"{root}/date={d.isoformat()}")]
-                except LakeError as err:
-                    raise HistoryError(f"history: {err}") from None
-                if not files:
-                    return empty
-                paths = files if local else [fs.unstrip_protocol(p) for p in files]
-                try:
-                    # a view of this cursor's own: concurrent queries each see their own files as `src`
-                    rel = con.read_parquet(paths, union_by_name=True, hive_partitioning=False)
-                    rel.create_view("src", replace=True)
-                    types = {str(n): str(t) for n, t in zip(rel.columns, rel.types, strict=True)}
-                    built = build(types)
-                    if built is None:
-                        return empty
-                    sql, params = built
-                    return con.execute(sql, params).df()
-                except duckdb.IOException:
-                    if all(fs.exists(p) for p in files):
-                        raise
-                    continue  # a compaction swapped the files under us: list them again
+            return query_live_files(fs, [f"{root}/date={d.isoformat()}" for d in days], read, empty=empty,
+                                    what=f"{table} from {first} to {last}")
+        except LakeError as err:
+            raise HistoryError(f"history: {err}") from None
         except duckdb.Error as err:
             msg = f"history: cannot read {table} from {first} to {last}: {err}"
             raise HistoryError(msg) from err
         finally:
             con.close()
-        msg = f"history: the files of {table} from {first} to {last} kept disappearing (is a compaction looping?)"
-        raise HistoryError(msg)
 
     def _cursor(self, fs: AbstractFileSystem, local: bool) -> duckdb.DuckDBPyConnection:
         with self._lock:

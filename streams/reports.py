@@ -25,7 +25,7 @@ import os
 import re
 import zoneinfo
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import duckdb
 import fsspec
@@ -139,6 +139,32 @@ def lake_days(lake: str, start: dt.date, end: dt.date) -> list[dt.date]:
     return sorted(days)
 
 
+T = TypeVar("T")
+
+
+def query_live_files(fs: AbstractFileSystem, day_dirs: Sequence[str], read: Callable[[list[str]], T], *,
+                     empty: T, what: str) -> T:
+    """``read(paths)`` over the files the days' manifests list (DuckDB's paths: URLs off the local disk), or
+    ``empty`` when they list none.
+
+    A compaction may swap a day's files between the listing and DuckDB's open: a DuckDB ``IOException`` while a
+    listed file is gone lists them again, up to :data:`_READ_TRIES` times, then raises :class:`LakeError`
+    (naming ``what``). Other DuckDB errors propagate.
+    """
+    local = isinstance(fs, LocalFileSystem)
+    for _ in range(_READ_TRIES):
+        files = [f for d in day_dirs for f in _live_files(fs, d)]
+        if not files:
+            return empty
+        try:
+            return read(files if local else [fs.unstrip_protocol(p) for p in files])
+        except duckdb.IOException:
+            if all(fs.exists(p) for p in files):
+                raise
+    msg = f"lake: the files of {what} kept disappearing while reading (is a compaction looping?)"
+    raise LakeError(msg)
+
+
 def _live_files(fs: AbstractFileSystem, day_dir: str) -> list[str]:
     """The data files the day's manifest lists (a folder without one: every visible Parquet file)."""
     path = f"{day_dir}/{MANIFEST}"
@@ -182,24 +208,15 @@ def day_counts(
     if not local:
         con.register_filesystem(fs)
     try:
-        for _ in range(_READ_TRIES):
-            files = _live_files(fs, day_dir)
-            if not files:
-                return pd.DataFrame({c: pd.Series(dtype="int64") for c in (*by, *COUNTS)})
-            paths = files if local else [fs.unstrip_protocol(p) for p in files]
-            try:
-                return _query(con, paths, day, by, alarm_field, anomaly_field, key_field, key)
-            except duckdb.IOException:
-                if all(fs.exists(p) for p in files):
-                    raise
-                continue  # a compaction swapped the files under us
+        return query_live_files(
+            fs, [day_dir], lambda paths: _query(con, paths, day, by, alarm_field, anomaly_field, key_field, key),
+            empty=pd.DataFrame({c: pd.Series(dtype="int64") for c in (*by, *COUNTS)}),
+            what=f"date={day} in {lake!r}")
     except duckdb.Error as err:
         msg = f"lake: cannot read date={day} of {lake!r}: {err}"
         raise LakeError(msg) from err
     finally:
         con.close()
-    msg = f"lake: the files of date={day} in {lake!r} kept disappearing while reading (is a compaction looping?)"
-    raise LakeError(msg)
 
 
 def _query(con: duckdb.DuckDBPyConnection, paths: list[str], day: dt.date, by: Sequence[str],
