@@ -50,6 +50,7 @@ from streams.reports import COLUMNS as REPORT_COLUMNS
 from streams.reports import COUNTS as REPORT_COUNTS
 from streams.reports import (
     PERIODS,
+    NoEvents,
     ReportError,
     _filesystem,
     build_report,
@@ -380,8 +381,10 @@ class History:
         fs, root = self._fs(table)
         try:
             days = lake_days(table, first, last)
-        except ReportError:
+        except NoEvents:
             return empty  # no lake (yet): nothing to show
+        except ReportError as err:
+            raise HistoryError(f"history: {err}") from None
         except LakeError as err:
             raise HistoryError(f"history: {err}") from None
         con = self._cursor(fs, isinstance(fs, LocalFileSystem))
@@ -643,10 +646,9 @@ class History:
                 return empty
             return build_report(self.lake, start=first, end=last, by=self.by, period=period,  # type: ignore[arg-type]
                                 alarm_field=self.alarm_field)
+        except NoEvents:
+            return empty  # build_report refuses a range without events; here that is an empty table
         except ReportError as err:
-            # build_report refuses a range without events; here that is an empty table, not an error
-            if "no events" in str(err) or "does not exist" in str(err):
-                return empty
             raise HistoryError(f"history: {err}") from None
         except LakeError as err:
             raise HistoryError(f"history: {err}") from None

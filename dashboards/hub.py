@@ -6,7 +6,7 @@ watcher and the lake's history queries. Pages hold a reference to it and nothing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dashboards.broadcast import Broadcaster
@@ -24,7 +24,6 @@ class Hub:
     history: Any = None  # dashboards.history.History, when a lake is configured
     dask_url: str | None = None
     key_field: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, state: LiveState, *, tick_ms: int = 100, models: ModelsWatch | None = None, history: Any = None,

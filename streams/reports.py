@@ -52,6 +52,10 @@ class ReportError(RuntimeError):
     """A report was asked for wrongly (range, period, fields) or over a range without data."""
 
 
+class NoEvents(ReportError):
+    """The range holds no events, or the lake is not there (yet): an empty answer to a caller that can show one."""
+
+
 # -- days and periods -----------------------------------------------------------------------------------------
 def period_start(day: dt.date, period: str) -> dt.date:
     """The first day of the period holding ``day``: the day itself, its ISO week's Monday or its month's 1st."""
@@ -115,13 +119,13 @@ def _filesystem(lake: str) -> tuple[AbstractFileSystem, str]:
 
 
 def lake_days(lake: str, start: dt.date, end: dt.date) -> list[dt.date]:
-    """The days in ``[start, end]`` that have a folder in the lake; :class:`ReportError` if the lake is missing."""
+    """The days in ``[start, end]`` that have a folder in the lake; :class:`NoEvents` if the lake is missing."""
     fs, root = _filesystem(lake)
     try:
         names = fs.ls(root, detail=False)
     except (FileNotFoundError, NotADirectoryError):
         msg = f"report: lake {lake!r} does not exist (or is not a folder)"
-        raise ReportError(msg) from None
+        raise NoEvents(msg) from None
     except OSError as err:
         msg = f"lake: cannot list {lake!r}: {err}"
         raise LakeError(msg) from err
@@ -340,7 +344,7 @@ def build_report(
     report = _combine(partials, by, period)
     if report.empty:
         msg = f"report: no events in the lake {url!r} from {start} to {end} ({len(days)} day folder(s) found)"
-        raise ReportError(msg)
+        raise NoEvents(msg)
     return report
 
 

@@ -17,7 +17,7 @@ import pytest
 from engine import cli
 from streams.generator import GeneratorSettings, StationAlarmGenerator
 from streams.lake import LakeError, LakeWriter, part_name, read_manifest
-from streams.reports import ReportError, build_report, key_report, parse_day, period_end
+from streams.reports import NoEvents, ReportError, build_report, key_report, parse_day, period_end
 
 TZ = "Europe/Berlin"  # the lake's dates are Berlin dates: an event at 23:30 UTC lands on the next day
 START = dt.datetime(2026, 11, 27, 12, tzinfo=dt.timezone.utc)  # a Friday; the events run into December
@@ -179,9 +179,16 @@ def test_bad_requests_are_report_errors(lake: Path, kw: dict[str, object], match
         build_report(lake, **args)  # type: ignore[arg-type]
 
 
-def test_a_missing_lake_is_a_report_error(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match=r"does not exist"):
+def test_a_missing_lake_or_a_range_without_events_is_no_events(tmp_path: Path, lake: Path) -> None:
+    # NoEvents (a ReportError) is what callers that can show an empty answer catch: the dashboard's History
+    with pytest.raises(NoEvents, match=r"does not exist"):
         build_report(tmp_path / "nowhere", by=["station_id"], period="day", **_whole())  # type: ignore[arg-type]
+    later = _whole(start=dt.date(2027, 3, 1), end=dt.date(2027, 3, 31))
+    with pytest.raises(NoEvents, match=r"no events"):
+        build_report(lake, by=["station_id"], period="day", **later)  # type: ignore[arg-type]
+    with pytest.raises(ReportError) as bad:
+        build_report(lake, by=["no_such_field"], period="day", **_whole())  # type: ignore[arg-type]
+    assert not isinstance(bad.value, NoEvents)
 
 
 def test_parse_day() -> None:
