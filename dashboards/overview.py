@@ -48,8 +48,8 @@ SLOW_EVERY_S = 1.0  # tables, histogram and numbers: people do not read faster
 IN_FLIGHT_TICKS = 5
 #: the browser acknowledges each streamed update once it has applied it: a property change Bokeh syncs back.
 #: Deferred: a change made while BokehJS applies the server's patch carries the patch's setter and is not sent.
-#: Set on a model nothing draws: a change to the timeline's own source made both fast charts index their
-#: 1,200 rows again and paint once more
+#: Set on a model nothing draws: BokehJS redoes a glyph's data on any change to its source, so a tag on the
+#: timeline's own source made both fast charts index their 1,200 rows again
 ACK_JS = ("const seq = cb_obj.data.seq[cb_obj.data.seq.length - 1];"
           "setTimeout(() => { ack.tags = [seq] }, 0)")
 

@@ -11,28 +11,24 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.dashboard import (
+from benchmarks._dashboard_measures import (
     CPU_GOAL,
     LATENCY_GOAL,
     MISSED_GOAL,
     UPDATES_GOAL,
     BenchError,
     Goal,
-    Settings,
-    Viewer,
     cpu_pct,
-    dashboard_command,
     goal_row,
     growth,
-    main,
     parse_drain,
     parse_status,
     print_table,
     quantiles,
     seq_stats,
     slope_per_min,
-    write_config,
 )
+from benchmarks.dashboard import Settings, Viewer, dashboard_command, main, write_config
 
 STATUS: dict[str, Any] = {"sessions": {"live": 3, "created": 9, "destroyed": 6, "loaded": 3}, "tick_ms": 100,
                           "ticks": 1234, "missed_updates": 2, "rss_bytes": 150_000_000, "cpu_s": 12.5}
