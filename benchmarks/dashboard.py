@@ -984,9 +984,29 @@ def run(s: Settings, chromium: str, keep: Path | None) -> tuple[list[dict[str, A
 
 
 def _log_errors(proc: Proc) -> dict[str, Any]:
-    """ERROR lines of the dashboard server's log: how many, and the first few (the server's own complaints)."""
-    lines = [ln for ln in proc.tail(10_000_000).splitlines() if " ERROR " in ln]
-    return {"count": len(lines), "first": lines[:5]}
+    """ERROR lines of the dashboard server's log: how many, and the first few with their tracebacks (the
+    run's folder, and so the log, is gone afterwards unless ``--keep``)."""
+    return log_errors(proc.tail(10_000_000))
+
+
+def log_errors(text: str, keep: int = 5, lines_each: int = 40) -> dict[str, Any]:
+    """The ERROR records of a log: how many, and the first ``keep``, each with the lines that follow it up to
+    the next record (a traceback).
+
+    >>> log_errors("2026-12-01 10:00:00 INFO a\\n2026-12-01 10:00:01 ERROR b\\nTraceback:\\n  x\\n2026-12-01 10:00:02 INFO c")
+    {'count': 1, 'first': ['2026-12-01 10:00:01 ERROR b\\nTraceback:\\n  x']}
+    """
+    records: list[list[str]] = []
+    inside = False
+    for ln in text.splitlines():
+        starts = len(ln) > 19 and ln[:4].isdigit() and ln[4] == "-" and ln[10] == " "
+        if starts:
+            inside = " ERROR " in ln
+            if inside:
+                records.append([ln])
+        elif inside and len(records) <= keep and len(records[-1]) < lines_each:
+            records[-1].append(ln)
+    return {"count": len(records), "first": ["\n".join(r) for r in records[:keep]]}
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], settings: dict[str, Any], started: float) -> int:

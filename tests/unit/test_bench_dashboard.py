@@ -28,7 +28,7 @@ from benchmarks._dashboard_measures import (
     seq_stats,
     slope_per_min,
 )
-from benchmarks.dashboard import Settings, Viewer, dashboard_command, main, write_config
+from benchmarks.dashboard import Settings, Viewer, dashboard_command, log_errors, main, write_config
 
 STATUS: dict[str, Any] = {"sessions": {"live": 3, "created": 9, "destroyed": 6, "loaded": 3}, "tick_ms": 100,
                           "ticks": 1234, "missed_updates": 2, "rss_bytes": 150_000_000, "cpu_s": 12.5}
@@ -232,3 +232,21 @@ def test_a_viewer_counts_each_row_once_when_a_late_reply_repeats_some() -> None:
     assert [r.seq for r in v.rows] == [10, 11, 12, 13, 14] and v.ack == 5
     v.take(_drain(5, []))  # nothing new
     assert v.ack == 5 and len(v.rows) == 5 and v.first_plot_ms == 2.0
+
+
+def test_log_errors_keeps_each_error_with_its_traceback() -> None:
+    log = "\n".join([
+        "2026-12-01 21:57:22,700 INFO bokeh.server: ok",
+        "2026-12-01 21:57:22,768 ERROR dashboards.broadcast: dashboard: page update failed",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in update',
+        "RuntimeError: boom",
+        "2026-12-01 21:57:23,000 INFO bokeh.server: ok again",
+        "a continuation of an INFO record, not kept",
+        "2026-12-01 21:57:24,000 ERROR tornado.application: Uncaught exception GET /ws",
+    ])
+    got = log_errors(log)
+    assert got["count"] == 2
+    assert got["first"][0].splitlines()[-1] == "RuntimeError: boom"
+    assert got["first"][1].endswith("GET /ws")
+    assert log_errors(log, keep=1)["first"] == got["first"][:1]

@@ -222,6 +222,47 @@ def test_broadcaster_survives_a_failing_page(hub: Hub) -> None:
     assert b.errors == 1
 
 
+class Session:
+    def __init__(self) -> None:
+        self.destroyed, self.connection_count = False, 1
+
+
+class ServedDoc(Doc):
+    """A document whose session a browser can leave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session_context = type("Context", (), {"session": Session()})()
+
+    def leave(self) -> None:
+        self.session_context.session.connection_count = 0
+
+
+def test_an_update_for_a_browser_that_left_is_dropped_not_an_error(hub: Hub) -> None:
+    b = Broadcaster(hub.state, 100)
+    stays, leaves, doc_stays, doc_leaves = Page(), Page(), ServedDoc(), ServedDoc()
+    b.register(stays, doc_stays)
+    b.register(leaves, doc_leaves)
+    b._fan_out()
+    doc_leaves.leave()  # between the tick and its update
+    doc_stays.run()
+    doc_leaves.run()
+    assert (stays.calls, leaves.calls) == (1, 0)
+    b._fan_out()
+    assert doc_leaves.queued == []  # not scheduled again while it is gone
+
+    class LeavesWhileSending(Page):
+        def update(self) -> None:
+            doc.leave()
+            raise RuntimeError("connection.session is None")  # what sending to a gone browser raises
+
+    doc = ServedDoc()
+    b.register(LeavesWhileSending(), doc)
+    b._fan_out()
+    doc.run()
+    assert b.errors == 0 and b.status()["abandoned_updates"] == 2
+
+
 def test_broadcaster_thread_ticks_the_state(hub: Hub) -> None:
     b = Broadcaster(hub.state, 20).start()
     try:
