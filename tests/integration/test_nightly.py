@@ -151,7 +151,9 @@ def test_two_days_retrain_shadow_promote_swap_rollback(broker: EmbeddedBroker, t
             # the rest of day 2 (drifted), then day 3 begins: day 2 closes, retrains, its candidate is shadowed
             produce(cfg, pd.concat([day2.iloc[300:], slices["A3"]]))
             v2 = wait_for("the day-2 retrain", lambda: retrained(cfg, D2))
-            assert (read_shadow(cfg.registry) or {}).get("version") == v2 or decided(cfg, v2)
+            # the retrain registers the candidate, then shadows it: a moment apart (a fresh-clone run read between)
+            wait_for("the day-2 candidate shadowed", lambda: (read_shadow(cfg.registry) or {}).get("version") == v2
+                     or decided(cfg, v2), timeout_s=30)
             champion = read_current(cfg.registry)["version"]
             produce(cfg, slices["C"])  # live traffic for the shadow period
             assert wait_for("the day-2 decision", lambda: decided(cfg, v2)) == "promote", history(cfg.registry)
