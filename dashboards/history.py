@@ -383,9 +383,7 @@ class History:
             days = lake_days(table, first, last)
         except NoEvents:
             return empty  # no lake (yet): nothing to show
-        except ReportError as err:
-            raise HistoryError(f"history: {err}") from None
-        except LakeError as err:
+        except (ReportError, LakeError) as err:
             raise HistoryError(f"history: {err}") from None
         con = self._cursor(fs, isinstance(fs, LocalFileSystem))
 
