@@ -1,7 +1,7 @@
 """The Overview page: headline numbers, throughput, anomalies, latency, lag, scores, dead letters, latest alerts.
 
-Every tick streams the ring's new rows into one ``ColumnDataSource`` (``live-timeline``) that the four time
-charts share; the histogram, tables and numbers are re-sent only when their own data changed, at most once
+Every tick streams the ring's new rows into one ``ColumnDataSource`` (``live-timeline``) that the fast time
+charts share (drawn by :class:`~dashboards.livechart.LiveChart`: a tab redraws them ten times a second); the histogram, tables and numbers are re-sent only when their own data changed, at most once
 a second.
 """
 
@@ -21,6 +21,7 @@ from bokeh.plotting import figure
 
 from dashboards.hub import Hub
 from dashboards.live_page import LivePage
+from dashboards.livechart import LiveChart, line
 from dashboards.state import epoch_ms
 from dashboards.theme import (
     ACCENT,
@@ -33,7 +34,6 @@ from dashboards.theme import (
     number,
     source,
     table_html,
-    time_figure,
 )
 from dashboards.ticks import COLUMNS
 
@@ -99,19 +99,20 @@ class Overview(LivePage):
             f'<a href="{html.escape(link)}" target="_blank">Dask dashboard (the cluster) ↗</a>' if link else
             empty("the engine's Dask dashboard: set dashboard.dask_url"), margin=(0, 10))
 
-    def _time_figures(self) -> list[Any]:
-        src = self.timeline
-        thr = time_figure("Throughput", "events / s")
-        # lines, not filled areas: every tick redraws every chart in every tab, and a fill costs the browser more
-        thr.line("t", "events_per_s", source=src, color=ACCENT, line_width=1.5)
-        ano = time_figure("Anomalies", "anomalies / s", y_format="0,0.[0]")
-        ano.line("t", "anomalies_per_s", source=src, color=ALARM, line_width=1.5)
-        lat = time_figure("Latency: Kafka in → committed (last 10 s)", "ms")
-        lat.line("t", "latency_p50_ms", source=self.gauges, color=ACCENT, line_width=1.5, legend_label="p50")
-        lat.line("t", "latency_p99_ms", source=self.gauges, color="#ff7f0e", line_width=1.5, legend_label="p99")
-        lat.legend.location = "top_left"
-        lag = time_figure("Consumer lag", "records not yet read")
-        lag.line("t", "lag", source=self.gauges, color=MUTED, line_width=1.5)
+    def _time_figures(self) -> list[LiveChart]:
+        # drawn by LiveChart, not Bokeh figures: these redraw every tick in every tab (see dashboards/livechart.py)
+        src, gauges = self.timeline, self.gauges
+        thr = LiveChart(source=src, heading="Throughput", y_label="events / s",
+                        series=[line("events_per_s", "events / s", ACCENT)],
+                        empty_text="waiting for the engine's first scores")
+        ano = LiveChart(source=src, heading="Anomalies", y_label="anomalies / s",
+                        series=[line("anomalies_per_s", "anomalies / s", ALARM)],
+                        empty_text="waiting for the engine's first scores")
+        lat = LiveChart(source=gauges, heading="Latency: Kafka in → committed (last 10 s)", y_label="ms",
+                        series=[line("latency_p50_ms", "p50", ACCENT), line("latency_p99_ms", "p99", "#ff7f0e")],
+                        empty_text="waiting for the engine's metrics records")
+        lag = LiveChart(source=gauges, heading="Consumer lag", y_label="records not yet read",
+                        series=[line("lag", "lag", MUTED)], empty_text="waiting for the engine's metrics records")
         return [thr, ano, lat, lag]
 
     def _histogram_figure(self) -> Any:
@@ -144,9 +145,8 @@ class Overview(LivePage):
         pane = lambda f: pn.pane.Bokeh(f, sizing_mode="stretch_width")  # noqa: E731
         return [
             self._kpis,
-            pn.GridBox(*(pane(f) for f in self._figures[:2]), pane(self._hist_fig), ncols=3,
-                       sizing_mode="stretch_width"),
-            pn.GridBox(*(pane(f) for f in self._figures[2:]), pn.Column(
+            pn.GridBox(*self._figures[:2], pane(self._hist_fig), ncols=3, sizing_mode="stretch_width"),
+            pn.GridBox(*self._figures[2:], pn.Column(
                 pn.pane.Markdown("#### Dead letters by reason", margin=(0, 10)), self._dead, self._dask,
                 sizing_mode="stretch_width"), ncols=3, sizing_mode="stretch_width"),
             pn.pane.Markdown("#### Most recent alerts", margin=(0, 10)),

@@ -282,6 +282,11 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+def paints(canvas: Any) -> int:
+    """How many times a LiveChart canvas has drawn itself (it counts them in ``data-paints``)."""
+    return int(canvas.get_attribute("data-paints") or 0)
+
+
 def key_times(hub: Hub, key: str) -> set[float]:
     """The event times (ms) of ``key``'s points in the server's buffer."""
     return set(hub.state.key_series(key)[1]["t"].tolist())
@@ -313,10 +318,15 @@ def test_overview_renders_updates_and_fills_the_alerts_table(world: World, tab: 
     wait_until(lambda: dead.count() == 1 and "invalid_json" in dead.inner_text(), "dead letters by reason")
     assert (tab.source("live-histogram", "count") or {}).get("sum", 0) > 0
     events = number(tab.kpi("events scored"))
+    charts = tab.page.locator("canvas.iso-livechart")  # dashboards/livechart.py: throughput, anomalies, latency, lag
+    assert charts.count() == 4
+    fast = [paints(charts.nth(i)) for i in range(2)]
     first = tab.shot(artifacts, "overview-1")
 
     tab.page.wait_for_timeout(SECONDS_APART * 1000)  # the deliberate gap between the two pictures
     wait_until(lambda: tab.newest("live-timeline", "seq") > newest, "the timeline streamed new ticks")
+    # the fast charts redraw as their rows come (a tick is 100 ms: a few seconds are tens of paints)
+    wait_until(lambda: all(paints(charts.nth(i)) > fast[i] + 5 for i in range(2)), "the fast charts redrew")
     assert (tab.source("live-timeline", "seq") or {}).get("n") == ring  # a ring: rows roll over as ticks come
     wait_until(lambda: number(tab.kpi("events scored")) > events, "the events KPI grew")
     second = tab.shot(artifacts, "overview-2")
