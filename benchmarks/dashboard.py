@@ -65,6 +65,7 @@ from benchmarks._dashboard_measures import (
     BROWSER_MEM_GOAL,
     CPU_GOAL,
     FIRST_PLOT_GOAL,
+    FRAMES_GOAL,
     LATENCY_GOAL,
     MISSED_GOAL,
     ORPHAN_GOAL,
@@ -76,6 +77,7 @@ from benchmarks._dashboard_measures import (
     PageRow,
     ServerStatus,
     cpu_pct,
+    frames_per_s,
     goal_row,
     growth,
     parse_drain,
@@ -704,12 +706,14 @@ class Run:
         per_viewer: list[tuple[float, int]] = []
         latency: list[float] = []
         tick: list[float] = []
+        frames: list[float] = []
         painted = total = 0
         w0, w1 = self.load_wall_ms
         for v in self.viewers:
             rows = [r for r in v.rows if w0 <= r.arrived_ms <= w1]
             distinct, missed = seq_stats([r.seq for r in rows])
             per_viewer.append((distinct / (t1 - t0), missed))
+            frames.append(frames_per_s(rows, t1 - t0))
             latency += [r.screen_ms - r.kafka_ts_ms for r in rows if r.kafka_ts_ms is not None]
             tick += [r.screen_ms - r.t_ms for r in rows if r.t_ms is not None]
             painted += sum(r.painted_ms is not None for r in rows)
@@ -721,6 +725,12 @@ class Run:
                      why_missing=no_rows, per_viewer=[round(r, 2) for r in rates], tick_ms=s.tick_ms),
             goal_row("updates_per_s_mean_viewer", float(np.mean(rates)) if total else None, "updates/s",
                      UPDATES_GOAL, why_missing=no_rows),
+            goal_row("frames_per_s_slowest_viewer", min(frames) if total else None, "frames/s", FRAMES_GOAL,
+                     why_missing=no_rows, per_viewer=[round(f, 2) for f in frames],
+                     note="pictures with new rows a viewer saw per second (ticks that arrived or were drawn "
+                          "together count once): the strict reading of updates/s"),
+            goal_row("frames_per_s_mean_viewer", float(np.mean(frames)) if total else None, "frames/s",
+                     FRAMES_GOAL, why_missing=no_rows),
             goal_row("missed_ticks_browser", float(sum(m for _, m in per_viewer)) if total else None, "ticks",
                      MISSED_GOAL, why_missing=no_rows, per_viewer=[m for _, m in per_viewer],
                      note="seq gaps seen by the viewers, summed"),

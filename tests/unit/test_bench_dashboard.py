@@ -18,7 +18,9 @@ from benchmarks._dashboard_measures import (
     UPDATES_GOAL,
     BenchError,
     Goal,
+    PageRow,
     cpu_pct,
+    frames_per_s,
     goal_row,
     growth,
     parse_drain,
@@ -72,6 +74,16 @@ def test_seq_stats_counts_distinct_ticks_and_gaps(seed: int) -> None:
     assert distinct == len(seen)
     assert missed == (seen[-1] - seen[0] + 1) - len(seen)
     assert seq_stats([7]) == (1, 0)
+
+
+def test_frames_per_s_counts_pictures_not_rows() -> None:
+    # ten ticks that came together and were drawn on one frame are one picture; an unpainted row counts at arrival
+    together = [PageRow(s, 5_000.0, 5_020.0, None, None) for s in range(10)]
+    apart = [PageRow(10 + i, 6_000.0 + 100 * i, 6_016.0 + 100 * i, None, None) for i in range(5)]
+    unpainted = [PageRow(20, 7_000.0, None, None, None)]
+    assert frames_per_s(together, 2.0) == 0.5
+    assert frames_per_s(together + apart + unpainted, 2.0) == 3.5
+    assert frames_per_s(apart, 0.0) == 0.0
 
 
 def test_cpu_pct_is_share_of_one_core() -> None:
