@@ -153,10 +153,14 @@ class TickRing:
         # the rates average the preceding window too, so take it along and cut it off after
         slots = self._slots(max(start - self._window + 1, self.seq - self.size), self.seq)
         cols = {c: self._cols[c][slots] for c in COLUMNS}
-        span_s = self._window * self.tick_ms / 1000.0
+        lo = np.maximum(np.arange(1, len(slots) + 1) - self._window, 0)
+        # divided by the time the window's rows really cover, not window x tick_ms: a starved clock closes one
+        # row for several ticks (Broadcaster), and ten such rows span more than a second
+        t = cols["t"]
+        starts = np.concatenate([[t[0] - self.tick_ms], t[:-1]]) if len(t) else t  # where each row began
+        span_s = np.maximum(t - starts[lo], self.tick_ms) / 1000.0
         for src, dst in (("events", "events_per_s"), ("anomalies", "anomalies_per_s")):
             csum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(cols[src]))])
-            lo = np.maximum(np.arange(1, len(slots) + 1) - self._window, 0)
             cols[dst] = (csum[1:] - csum[lo]) / span_s
         keep = cols["seq"] > start
         out = pd.DataFrame({c: cols[c][keep] for c in COLUMNS})

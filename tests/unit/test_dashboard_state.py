@@ -101,6 +101,19 @@ def test_ticks_count_live_arrivals_and_rates_average_one_second() -> None:
     assert rows["kafka_ts_ms"].notna().sum() == 5
 
 
+def test_rates_stay_true_when_a_starved_clock_closes_one_row_for_several_ticks() -> None:
+    ring = TickRing(tick_ms=100, history_s=10)
+    now = T0 * 1000
+    for i in range(30):  # 100 events every 100 ms: 1,000 events/s
+        step = 300 if i % 3 == 0 else 100  # every third tick closes 300 ms late (two ticks folded into it)
+        ring.add_events(np.full(step, now), np.zeros(step, dtype=bool), now_ms=now + step / 2)
+        now += step
+        ring.tick(now)
+    rows = ring.since(ring.seq - 10)
+    # ten rows here span 1.6-1.8 s: dividing by ten ticks' 1.0 s said 1,600-1,800 events/s
+    assert rows["events_per_s"].tolist() == pytest.approx([1_000.0] * 10)
+
+
 def test_backlog_lands_at_its_own_time_not_as_a_burst_now() -> None:
     ring = TickRing(tick_ms=100, history_s=10)
     now = T0 * 1000
