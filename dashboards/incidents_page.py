@@ -92,7 +92,7 @@ class IncidentsPage(LivePage):
         self._summary.object = kpis_html([("open incidents", f"{open_n:,}", open_n > 0),
                                           ("recent incidents kept", f"{len(frame):,}", False),
                                           ("window alerts kept", f"{len(windows):,}", False)])
-        self.table.object = incidents_html(frame)
+        self.table.object = state.rendered("incidents", seq, lambda: incidents_html(frame))
         if windows:
             w = pd.DataFrame(list(reversed(windows))[:50])
             cols = [c for c in (self.hub.key_field, "window_start", "window_end", "count", "anomaly_rate",

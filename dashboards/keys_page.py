@@ -22,7 +22,18 @@ from bokeh.models.annotations import Span
 from dashboards.hub import Hub
 from dashboards.live_page import LivePage
 from dashboards.overview import alerts_table
-from dashboards.theme import ACCENT, ALARM, BAND, MUTED, SECOND, data_of, empty, html_pane, time_figure
+from dashboards.theme import (
+    ACCENT,
+    ALARM,
+    BAND,
+    MUTED,
+    SECOND,
+    as_lists,
+    data_of,
+    empty,
+    html_pane,
+    time_figure,
+)
 
 KEY_LIST_EVERY_S = 2.0
 WINDOW_COLUMNS = ("start", "end", "mid", "w", "count", "alarms", "anomalies", "mean", "lo", "hi")
@@ -177,7 +188,7 @@ class KeysPage(LivePage):
             return
         cursor, new = self.hub.state.key_series(key, self._cursor)
         if cursor != self._cursor and len(new):
-            self.points.stream(self._point_data(new), rollover=self.hub.state.keys.points)
+            self.points.stream(as_lists(self._point_data(new)), rollover=self.hub.state.keys.points)
             self._empty.object = ""
         self._cursor = cursor
         self._draw_windows()

@@ -27,6 +27,7 @@ from dashboards.theme import (
     ACCENT,
     ALARM,
     MUTED,
+    as_lists,
     data_of,
     empty,
     html_pane,
@@ -168,7 +169,7 @@ class Overview(LivePage):
             if full:
                 self.timeline.data = data
             else:
-                self.timeline.stream(data, rollover=state.ticks.size)
+                self.timeline.stream(as_lists(data), rollover=state.ticks.size)  # theme.as_lists says why
             self._seq = int(rows["seq"].iloc[-1])
             if full and self._acked is not None:  # only streams are acknowledged: the first frame counts as seen
                 self._acked = self._seq
@@ -195,7 +196,7 @@ class Overview(LivePage):
         if self._gauge_seq <= 0:
             self.gauges.data = data
         else:
-            self.gauges.stream(data, rollover=state.ticks.size // per_s + 1)
+            self.gauges.stream(as_lists(data), rollover=state.ticks.size // per_s + 1)
         self._gauge_seq = int(rows["seq"].iloc[-1])
 
     def _draw_slow(self) -> None:
@@ -228,7 +229,8 @@ class Overview(LivePage):
                 "</table>")
         seq, alerts = state.alerts()
         if self._changed("alerts", seq) and len(alerts):
-            self._alerts.object = alerts_table(alerts, self.hub.key_field)
+            self._alerts.object = state.rendered("overview-alerts", seq,
+                                                 lambda: alerts_table(alerts, self.hub.key_field))
 
 
 def alerts_table(alerts: Any, key_field: str | None) -> str:

@@ -11,6 +11,7 @@ import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 import panel as pn
 from bokeh.events import DocumentReady
@@ -106,6 +107,19 @@ def source(columns: Iterable[str], name: str | None = None) -> ColumnDataSource:
 def data_of(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
     """``frame``'s ``columns`` as the dict a ColumnDataSource takes (missing ones as NaN)."""
     return {c: (frame[c].to_numpy() if c in frame else [float("nan")] * len(frame)) for c in columns}
+
+
+def as_lists(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Columns as plain lists: what a stream of a few rows should carry.
+
+    Bokeh sends each numpy column as a binary frame of its own, lists inside the message: for one row per tick,
+    nine columns were nine more websocket frames per tick and viewer (py-spy: a quarter of the server in socket
+    writes). A whole frame (a page's first) keeps numpy.
+
+    >>> as_lists({"t": np.array([1.0, 2.0]), "k": ["a", "b"]})
+    {'t': [1.0, 2.0], 'k': ['a', 'b']}
+    """
+    return {c: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for c, v in data.items()}
 
 
 def kpis_html(items: Sequence[tuple[str, str, bool]]) -> str:

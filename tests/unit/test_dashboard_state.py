@@ -141,6 +141,30 @@ def test_missed_counts_ticks_that_left_the_ring() -> None:
         TickRing(tick_ms=0)
 
 
+def test_timeline_rows_are_built_once_per_tick_for_every_page_that_asks(state: LiveState, clock: Clock) -> None:
+    state.tick()
+    first = state.timeline(0)
+    assert state.timeline(0) is first  # a second page at the same place shares the frame
+    assert state.timeline(-5) is not first and state.timeline(0).equals(first)  # another place: its own rows
+    state.tick()
+    again = state.timeline(0)
+    assert again is not first and again["seq"].tolist() == [1, 2]  # a new tick: built again, with the new row
+
+
+def test_rendered_parts_are_built_once_per_seq_and_shared(state: LiveState) -> None:
+    built: list[int] = []
+
+    def build(seq: int) -> str:
+        built.append(seq)
+        return f"<table>{seq}</table>"
+
+    assert state.rendered("alerts", 3, lambda: build(3)) == "<table>3</table>"
+    assert state.rendered("alerts", 3, lambda: build(3)) == "<table>3</table>"  # a second page: the same HTML
+    assert state.rendered("alerts", 4, lambda: build(4)) == "<table>4</table>"  # the frame moved on
+    assert state.rendered("incidents", 4, lambda: build(40)) == "<table>40</table>"  # parts are apart
+    assert built == [3, 4, 40]
+
+
 def test_state_ticks_carry_engine_lag_and_latency(state: LiveState, clock: Clock) -> None:
     g = GroupMetrics("events/p0", pipeline="events")
     g.add(records_in=10, events_scored=10)
