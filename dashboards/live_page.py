@@ -13,7 +13,7 @@ from typing import Any
 import panel as pn
 
 from dashboards.hub import Hub
-from dashboards.theme import html_pane, template
+from dashboards.theme import CONTAINED, html_pane, template
 
 STATUS_EVERY_S = 1.0
 
@@ -30,7 +30,7 @@ class LivePage(pn.viewable.Viewer):
         self.missed = 0  # ticks this page never drew (they left the ring before it could)
         self.coalesced = 0  # ticks drawn late, together with the next one
         self.updates = 0
-        self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width")
+        self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width", styles=CONTAINED)
         self._status_at = 0.0
 
     # -- the broadcaster's side ---------------------------------------------------------------------------

