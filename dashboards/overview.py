@@ -49,12 +49,15 @@ SLOW_EVERY_S = 1.0  # tables, histogram and numbers: people do not read faster
 #: browsers fell seconds behind and the rows queued up in them; held back, they wait on the server and go
 #: out together in one update the browser draws once
 IN_FLIGHT_TICKS = 5
-#: the browser acknowledges each streamed update once it has applied it: a property change Bokeh syncs back.
+#: the browser acknowledges the streamed updates it has applied: a property change Bokeh syncs back, with the
+#: newest seq at most every ACK_MS (one message per update was a patch, a reply and a server callback per tick
+#: and viewer; a browser that keeps up stays ~2 ticks behind its acknowledgements, well inside IN_FLIGHT_TICKS).
 #: Deferred: a change made while BokehJS applies the server's patch carries the patch's setter and is not sent.
-#: Set on a model nothing draws: BokehJS redoes a glyph's data on any change to its source, so a tag on the
-#: timeline's own source made both fast charts index their 1,200 rows again
-ACK_JS = ("const seq = cb_obj.data.seq[cb_obj.data.seq.length - 1];"
-          "setTimeout(() => { ack.tags = [seq] }, 0)")
+#: Set on a model nothing draws: a tag on the timeline's own source would make its charts redraw for nothing
+ACK_MS = 200
+ACK_JS = ("ack._isoSeq = cb_obj.data.seq[cb_obj.data.seq.length - 1];"
+          "if (!ack._isoDue) { ack._isoDue = true;"
+          f" setTimeout(() => {{ ack._isoDue = false; ack.tags = [ack._isoSeq] }}, {ACK_MS}) }}")
 
 
 def alert_link(key_field: str | None) -> Any:
