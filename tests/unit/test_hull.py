@@ -1,4 +1,4 @@
-"""``hull_extended`` (a compiled pass) against its NumPy definition, bit for bit."""
+"""``hull_extended`` (a compiled pass) against its NumPy definition: bit for bit inside the box, to 2 ULP outside."""
 
 from __future__ import annotations
 
@@ -35,7 +35,12 @@ def test_matches_the_numpy_definition(data: st.DataObject, n: int, d: int, f32: 
     hi = lo + data.draw(hnp.arrays(np.float64, d, elements=st.sampled_from([0.0, 1e-15, 0.5, 4.0])))
     scores = data.draw(hnp.arrays(np.float64, n, elements=st.floats(0.01, 1.0)))
     got, want = hull_extended(scores, X, lo, hi), _numpy_hull(scores, X, lo, hi)
-    assert got.dtype == np.float64 and np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    assert got.dtype == np.float64
+    # rows inside keep their score bit for bit; outside, exp and ** come from LLVM's libm in the kernel and from
+    # NumPy's own SIMD routines here, which may round the last bit apart (found: 47.5 outside [0, 4], 1 ULP)
+    inside = want == scores
+    assert np.array_equal(got[inside].view(np.uint64), want[inside].view(np.uint64))
+    np.testing.assert_array_max_ulp(got[~inside], want[~inside], maxulp=2)
 
 
 def test_rows_inside_keep_their_scores_and_nan_is_inside(seed: int) -> None:
