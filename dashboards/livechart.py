@@ -43,7 +43,7 @@ class LiveChart(pn.custom.JSComponent):
 
     def __init__(self, **params: Any) -> None:
         params.setdefault("sizing_mode", "stretch_width")
-        params.setdefault("height", params.get("chart_height", 220))
+        params.setdefault("height", params.get("chart_height", LiveChart.param["chart_height"].default))
         super().__init__(**params)
 
     def _get_model(self, doc: Any, root: Any = None, parent: Any = None, comm: Any = None) -> Any:

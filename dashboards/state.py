@@ -48,6 +48,16 @@ from engine.outputs import ScoresFormatError, decode_scores, is_arrow_scores
 from engine.telemetry import LatencyHistogram, MetricsHub, TelemetryError, read_metrics_record
 
 T = TypeVar("T")
+
+
+def _once_per_seq(store: dict[str, tuple[int, Any]], part: str, seq: int, build: Callable[[], T]) -> T:
+    """``build()`` for ``part``, made again only when ``seq`` moved (the caller holds the lock guarding ``store``)."""
+    cached = store.get(part)
+    if cached is None or cached[0] != seq:
+        cached = store[part] = (seq, build())
+    return cast(T, cached[1])
+
+
 #: alert fields not worth a table column (always true, or Kafka bookkeeping)
 HIDDEN_ALERT_FIELDS = frozenset(
     {"is_anomaly", "kafka_partition", "kafka_offset", "kafka_timestamp_ms", "partition", "offset", "_kafka_ts"}
@@ -467,10 +477,7 @@ class LiveState:
             return kpis
 
     def _shared(self, part: str, seq: int, build: Callable[[], Any]) -> Any:
-        cached = self._frames.get(part)
-        if cached is None or cached[0] != seq:
-            cached = self._frames[part] = (seq, build())
-        return cached[1]
+        return _once_per_seq(self._frames, part, seq, build)
 
     def rendered(self, part: str, seq: int, build: Callable[[], T]) -> T:
         """``build()`` for ``part`` at ``seq``, made once and shared by every page (the HTML of a shared frame).
@@ -479,10 +486,7 @@ class LiveState:
         table every second (py-spy: a tenth of the server's once-a-second work).
         """
         with self._render_lock:
-            cached = self._rendered.get(part)
-            if cached is None or cached[0] != seq:
-                cached = self._rendered[part] = (seq, build())
-            return cast(T, cached[1])
+            return _once_per_seq(self._rendered, part, seq, build)
 
     def histogram(self) -> tuple[int, pd.DataFrame, float | None]:
         """``(seq, left/right/count per bin, threshold)`` of the recent scores."""
