@@ -1,7 +1,9 @@
 """Per-key views of the stream, bounded: each key's recent readings and scores, and its event-time windows.
 
 Memory is ``max_keys`` × (``points`` readings + ``windows`` window rows), whatever the number of keys the
-stream carries: the least recently seen key is forgotten first. Frames for a key are built at most once per
+stream carries: the least recently seen key is forgotten first. A window row is the numbers the Keys page draws,
+in a float array (about 100 bytes), not the decoded record: a ``stats`` window record decodes to about 2 KB of
+Python objects, which for the demo's 160 keys filled to 37 MB over two hours of 60 s windows. Frames for a key are built at most once per
 new data (cached on the key, shared by every viewer of it), with the baseline band computed there.
 
 The band is the dashboard's own robust baseline, the engine's definition (median ± ``band_k`` × 1.4826 × MAD
@@ -26,14 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-WINDOW_COLUMNS = ("window_start", "window_end", "count", "anomalies", "alarms", "revision")
+#: the numbers kept of a window record, before the per-value-field ``<f>_mean``, ``<f>_min``, ``<f>_max``
+KEPT_WINDOW_COLUMNS = ("window_start_ms", "window_end_ms", "count", "anomalies", "alarms", "revision")
+WINDOW_STATS = ("mean", "min", "max")
 MAD_SCALE = 1.4826  # MAD of a normal distribution, as a standard deviation
 
 
 class _Key:
     """One key's rings; ``n`` counts every point ever added (a viewer's cursor)."""
 
-    __slots__ = ("n", "alerts", "t", "score", "flagged", "values", "windows", "_frame")
+    __slots__ = ("n", "alerts", "t", "score", "flagged", "values", "wins", "win_version", "_frame")
 
     def __init__(self, points: int, n_values: int) -> None:
         self.n = 0
@@ -42,7 +46,8 @@ class _Key:
         self.score = np.full(points, np.nan)
         self.flagged = np.zeros(points, dtype=bool)
         self.values = np.full((points, n_values), np.nan)
-        self.windows: OrderedDict[float, dict[str, Any]] = OrderedDict()
+        self.wins: np.ndarray | None = None  # (windows, columns) rows, NaN start = free; made at the first window
+        self.win_version = 0  # windows ever added or revised (a viewer redraws when it changes)
         self._frame: tuple[int, pd.DataFrame] | None = None
 
 
@@ -56,6 +61,7 @@ class KeyStore:
                    f"{points}, {windows}, {baseline_events}")
             raise ValueError(msg)
         self.value_fields = tuple(value_fields)
+        self.window_columns = KEPT_WINDOW_COLUMNS + tuple(f"{f}_{s}" for f in self.value_fields for s in WINDOW_STATS)
         self.max_keys, self.points, self.max_windows = max_keys, points, windows
         self.baseline_events, self.band_k = baseline_events, band_k
         self._keys: OrderedDict[str, _Key] = OrderedDict()
@@ -95,17 +101,29 @@ class KeyStore:
             entry.alerts += int(flagged[group].sum())
 
     def add_windows(self, key: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Keep a key's window records (a revision replaces its window), the newest ``windows`` of them."""
+        """Keep a key's window records (a revision replaces its window), the ``windows`` latest-starting ones.
+
+        Only the numbers of :attr:`window_columns` are kept (a missing or non-numeric one as NaN); a record
+        without a numeric ``window_start_ms`` is skipped.
+        """
         entry = self._get(key)
         for row in rows:
             start = row.get("window_start_ms")
-            if not isinstance(start, float | int):
+            if isinstance(start, bool) or not isinstance(start, float | int):
                 continue
-            entry.windows[float(start)] = dict(row)
-            entry.windows.move_to_end(float(start))
-            while len(entry.windows) > self.max_windows:
-                entry.windows.popitem(last=False)
-
+            if entry.wins is None:
+                entry.wins = np.full((self.max_windows, len(self.window_columns)), np.nan)
+            starts = entry.wins[:, 0]
+            slot = np.flatnonzero(starts == start)
+            if not len(slot):
+                slot = np.flatnonzero(np.isnan(starts))
+            if not len(slot):
+                oldest = int(np.argmin(starts))
+                if starts[oldest] > start:  # older than every kept window: it would be the one to go
+                    continue
+                slot = np.array([oldest])
+            entry.wins[slot[0]] = [_float(row.get(c)) for c in self.window_columns]
+            entry.win_version += 1
     def keys(self, limit: int = 500) -> list[tuple[str, int, int]]:
         """``(key, events seen, alerts seen)``, the keys with most alerts first, then the busiest."""
         ranked = sorted(((k, e.n, e.alerts) for k, e in self._keys.items()), key=lambda r: (-r[2], -r[1], r[0]))
@@ -116,9 +134,10 @@ class KeyStore:
         entry = self._keys.get(key)
         return 0 if entry is None else entry.n
 
-    def window_count(self, key: str) -> int:
+    def window_version(self, key: str) -> int:
+        """Windows ever added to or revised in ``key`` (0 for an unknown key): changes whenever they do."""
         entry = self._keys.get(key)
-        return 0 if entry is None else len(entry.windows)
+        return 0 if entry is None else entry.win_version
 
     def series(self, key: str, after: int | None = None) -> pd.DataFrame:
         """The key's kept points, oldest first (``after``: only points past that cursor), with the band.
@@ -160,8 +179,13 @@ class KeyStore:
         return pd.DataFrame(cols)
 
     def windows(self, key: str) -> pd.DataFrame:
-        """The key's kept windows, oldest first: ``window_start_ms``, ``window_end_ms``, counts and per-field stats."""
+        """The key's kept windows by start: the columns of :attr:`window_columns` (times as ms since the epoch)."""
         entry = self._keys.get(key)
-        rows = list(entry.windows.values()) if entry is not None else []
-        return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["window_start_ms", "window_end_ms", "count",
-                                                                     "anomalies", "alarms"])
+        rows = entry.wins if entry is not None and entry.wins is not None else np.empty((0, len(self.window_columns)))
+        rows = rows[~np.isnan(rows[:, 0])]
+        return pd.DataFrame(rows[np.argsort(rows[:, 0], kind="stable")], columns=list(self.window_columns))
+
+
+def _float(value: Any) -> float:
+    """A record's number as a float; NaN for null, text, bools or anything else."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan

@@ -198,10 +198,10 @@ class KeysPage(LivePage):
         key = self.key
         if key is None:
             return
-        count, frame = self.hub.state.key_windows(key)
-        if count == self._windows_drawn and not force:
+        version, frame = self.hub.state.key_windows(key)
+        if version == self._windows_drawn and not force:
             return
-        self._windows_drawn = count
+        self._windows_drawn = version
         self.windows.data = _window_data(frame, self.fields[0] if self.fields else None)
 
     def _draw_alerts(self, force: bool = False) -> None:
@@ -222,8 +222,7 @@ def _window_data(frame: pd.DataFrame, field: str | None) -> dict[str, Any]:
     end = frame["window_end_ms"].to_numpy(dtype=np.float64)
 
     def col(name: str) -> np.ndarray:
-        return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64) if name in frame else \
-            np.full(len(frame), np.nan)
+        return frame[name].to_numpy(dtype=np.float64) if name in frame else np.full(len(frame), np.nan)
 
     return {"start": start, "end": end, "mid": (start + end) / 2, "w": 0.8 * (end - start), "count": col("count"), "alarms": col("alarms"),
             "anomalies": col("anomalies"), "mean": col(f"{field}_mean"), "lo": col(f"{field}_min"),

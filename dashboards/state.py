@@ -547,8 +547,9 @@ class LiveState:
             return self.keys.cursor(key), self.keys.series(key, after)
 
     def key_windows(self, key: str) -> tuple[int, pd.DataFrame]:
+        """``(version, windows)`` of ``key``: the version changes with every new or revised window."""
         with self._lock:
-            return self.keys.window_count(key), self.keys.windows(key)
+            return self.keys.window_version(key), self.keys.windows(key)
 
     def key_list(self, limit: int = 500) -> tuple[int, list[tuple[str, int, int]]]:
         with self._lock:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -271,8 +273,55 @@ def test_keys_keep_readings_band_and_windows(state: LiveState, seed: int) -> Non
     win = {"kind": "window", "datapoint_id": "dp-1", "window_start": "2027-01-15T08:00:00Z",
            "window_end": "2027-01-15T08:01:00Z", "count": 20, "alarms": 2, "value_mean": 10.0, "revision": 1}
     state.ingest_stats([json.dumps(win).encode(), json.dumps({**win, "count": 21, "revision": 2}).encode()])
-    count, windows = state.key_windows("dp-1")
-    assert count == 1 and windows["count"].tolist() == [21]  # the revision replaced its window
+    version, windows = state.key_windows("dp-1")
+    assert version == 2 and windows["count"].tolist() == [21]  # the revision replaced its window
+    assert windows["value_mean"].tolist() == [10.0] and np.isnan(windows["value_min"]).all()
+
+
+def _window(start_s: float, **numbers: object) -> dict[str, object]:
+    return {"window_start_ms": start_s * 1000.0, "window_end_ms": start_s * 1000.0 + 60_000.0, "count": 10,
+            **numbers}
+
+
+def test_key_windows_keep_the_latest_starting_and_every_change_shows() -> None:
+    store = KeyStore(("value",), windows=3)
+    versions = []
+    for start in (0, 60, 120, 180, 240):
+        store.add_windows("k", [_window(start, value_mean=start / 60, alarms=True, anomalies="3")])
+        versions.append(store.window_version("k"))
+    assert versions == [1, 2, 3, 4, 5]  # still changing once the ring is full: the page redraws
+    got = store.windows("k")
+    assert got["window_start_ms"].tolist() == [120_000.0, 180_000.0, 240_000.0]
+    assert got["value_mean"].tolist() == [2.0, 3.0, 4.0]
+    assert got[["alarms", "anomalies"]].isna().all().all()  # a bool or text is not a count
+    store.add_windows("k", [_window(0)])  # older than every kept window: not kept
+    store.add_windows("k", [_window(180, count=11, revision=2)])  # a revision in place
+    got = store.windows("k")
+    assert got["window_start_ms"].tolist() == [120_000.0, 180_000.0, 240_000.0]
+    assert got["count"].tolist() == [10, 11, 10] and store.window_version("k") == 6
+    store.add_windows("k", [{"window_start_ms": None}, {"window_start_ms": True}])
+    assert store.window_version("k") == 6 and store.windows("other").empty
+
+
+def test_key_windows_keep_numbers_not_records() -> None:
+    """160 keys x 120 windows of the engine's records: kept as decoded dicts that was 37 MB, as rows ~1.5 MB."""
+    record = {"kind": "window", "datapoint_id": "x", "window_start": "2027-01-15T08:00:00Z",
+              "window_end": "2027-01-15T08:01:00Z", "count": 5, "value_mean": 0.41, "value_min": 0.001,
+              "value_max": 0.9, "value_std": 0.36, "anomalies": 0, "alarms": 0, "revision": 1,
+              "anomaly_rate": 0.0, "alarm_rate": 0.0, "alert": False}
+    raw = [json.dumps({**record, "window_start_ms": i * 60_000.0, "window_end_ms": i * 60_000.0 + 60_000.0}).encode()
+           for i in range(120)]
+    store = KeyStore(("value",), points=1)  # one reading per key: what is measured is the windows
+    tracemalloc.start()
+    try:
+        for k in range(160):
+            store.add_windows(f"key-{k}", [json.loads(r) for r in raw])
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert kept < 4_000_000, f"{kept / 1e6:.1f} MB for 19,200 windows"
+    assert len(store.windows("key-7")) == 120
 
 
 def test_key_store_is_bounded_in_keys_and_points() -> None:
