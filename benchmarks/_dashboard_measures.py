@@ -5,8 +5,9 @@ the pages' collectors report. Pure functions, unit-tested in ``tests/unit/test_b
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -262,6 +263,8 @@ class Drain:
     resets: int
     errors: list[str]
     visible: bool | None = None  # document.visibilityState == "visible": a hidden page draws no frames
+    #: ms from navigation start to each of :data:`PHASES` (None: not reached yet)
+    phases: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def first_plot_ms(self) -> float | None:
@@ -278,6 +281,25 @@ def _opt(v: Any, where: str) -> float | None:
         msg = f"dashboard collector: {where} is {v!r}, not a number or null"
         raise BenchError(msg)
     return float(v)
+
+
+#: a first plot's way, in the order a page reaches them: the HTML's first and last byte, the DOM loaded (the
+#: scripts ran), the load event, Bokeh's document built, every view drawn once, the timeline's first row
+PHASES = ("response_start_ms", "response_end_ms", "dom_loaded_ms", "load_ms", "document_ms", "rendered_ms",
+          "found_ms")
+
+
+def phase_medians(phases: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """The median ms of each phase over the probes that reached it (None: none did).
+
+    >>> phase_medians([{"document_ms": 900.0}, {"document_ms": 1500.0, "found_ms": 2000.0}, {}])["document_ms"]
+    1200.0
+    """
+    out: dict[str, float | None] = {}
+    for k in PHASES:
+        got = [p[k] for p in phases if p.get(k) is not None]
+        out[k] = round(float(statistics.median(got)), 1) if got else None  # type: ignore[arg-type]
+    return out
 
 
 def parse_drain(doc: Any) -> Drain:
@@ -305,7 +327,9 @@ def parse_drain(doc: Any) -> Drain:
     counts = {k: _opt(doc.get(k, 0), k) for k in ("gaps", "resets", "start")}
     errors = doc.get("errors", [])
     visible = doc.get("visible")
+    raw_phases = doc.get("phases")
+    phases = {k: _opt(raw_phases.get(k), f"phases.{k}") for k in PHASES} if isinstance(raw_phases, dict) else {}
     return Drain(int(counts["start"] or 0), rows, _opt(doc.get("found_ms"), "found_ms"), _opt(doc.get("rendered_ms"), "rendered_ms"),
                  int(counts["gaps"] or 0), int(counts["resets"] or 0),
                  [str(e) for e in errors] if isinstance(errors, list) else [str(errors)],
-                 visible if isinstance(visible, bool) else None)
+                 visible if isinstance(visible, bool) else None, phases)

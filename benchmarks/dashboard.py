@@ -82,6 +82,7 @@ from benchmarks._dashboard_measures import (
     growth,
     parse_drain,
     parse_status,
+    phase_medians,
     print_table,
     quantiles,
     seq_stats,
@@ -115,8 +116,8 @@ def log(msg: str) -> None:
 COLLECTOR_JS = """(() => {
   if (window.__isoBench) return;
   const NAME = "__NAME__";
-  const S = window.__isoBench = {found_ms: null, rendered_ms: null, last_seq: null, gaps: 0, resets: 0,
-                                 rows: [], errors: []};
+  const S = window.__isoBench = {found_ms: null, rendered_ms: null, document_ms: null, last_seq: null, gaps: 0,
+                                 resets: 0, rows: [], errors: []};
   const unpainted = [];
   let src = null, raf = false, fast = null;
   const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : null;
@@ -160,6 +161,7 @@ COLLECTOR_JS = """(() => {
   function poll() {
     const B = window.Bokeh;
     if (!B || !B.documents) return;
+    if (S.document_ms === null && B.documents.length) S.document_ms = performance.now();
     if (S.rendered_ms === null && rendered(B)) S.rendered_ms = performance.now();
     if (src === null || src.document === null) {
       src = null;
@@ -182,8 +184,14 @@ COLLECTOR_JS = """(() => {
     const now = Date.now();
     let k = 0;
     while (k < S.rows.length && (S.rows[k][2] !== null || now - S.rows[k][1] > 1000)) k++;
+    // where a first plot's time went: the page's own navigation timing (0: that point not reached yet)
+    const nav = performance.getEntriesByType("navigation")[0] || {};
+    const at = (v) => (typeof v === "number" && v > 0) ? v : null;
+    const phases = {response_start_ms: at(nav.responseStart), response_end_ms: at(nav.responseEnd),
+                    dom_loaded_ms: at(nav.domContentLoadedEventEnd), load_ms: at(nav.loadEventEnd),
+                    document_ms: S.document_ms, rendered_ms: S.rendered_ms, found_ms: S.found_ms};
     return {start: S.base, rows: S.rows.slice(0, k), found_ms: S.found_ms, rendered_ms: S.rendered_ms,
-            gaps: S.gaps, resets: S.resets, errors: S.errors.slice(),
+            gaps: S.gaps, resets: S.resets, errors: S.errors.slice(), phases,
             visible: document.visibilityState === "visible"};
   };
 })();""".replace("__NAME__", SOURCE_NAME)
@@ -599,6 +607,7 @@ class Run:
         self.facts: dict[str, Any] = {}
         self.rng = random.Random(s.seed)
         self.probe_ms: list[float | None] = []
+        self.probe_phases: list[dict[str, float | None]] = []  # per probe: where its first plot's time went
         self.load_wall_ms = (0.0, 0.0)
         self._next_heap = self._next_retained = 0.0
 
@@ -696,7 +705,10 @@ class Run:
         v = open_viewer(self.browser, self.stack.url, f"probe-{len(self.probe_ms)}")
         self.idle_for(wait_s, until=lambda: v.first_plot_ms is not None, extra=[v])
         v.tab.close()
-        log(f"probe {v.label}: first plot {_ms(v.first_plot_ms)}")
+        phases = v.last.phases if v.last is not None else {}
+        self.probe_phases.append(phases)
+        log(f"probe {v.label}: first plot {_ms(v.first_plot_ms)} ("
+            + ", ".join(f"{k.removesuffix('_ms')} {_ms(t)}" for k, t in phases.items()) + ")")
         return v.first_plot_ms
 
     def report_idle_and_load(self, idle: tuple[float, float], load: tuple[float, float]) -> None:
@@ -778,7 +790,8 @@ class Run:
         timeouts = sum(p is None for p in self.probe_ms)
         self.rows += [
             goal_row("first_plot_new_viewer_p95_ms", q["p95"], "ms", FIRST_PLOT_GOAL, why_missing="no probes",
-                     probes=[None if p is None else round(p) for p in self.probe_ms], timeouts_15s=timeouts),
+                     probes=[None if p is None else round(p) for p in self.probe_ms], timeouts_15s=timeouts,
+                     phases_p50=phase_medians(self.probe_phases), phases=self.probe_phases),
             goal_row("first_plot_new_viewer_max_ms", q["max"], "ms", FIRST_PLOT_GOAL, why_missing="no probes"),
         ]
         lq, tq = quantiles(latency), quantiles(tick)
