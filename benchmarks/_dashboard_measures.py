@@ -140,6 +140,19 @@ def growth(values: Sequence[float], share: float = 0.1) -> float | None:
     return float(np.mean(values[-k:]) - np.mean(values[:k]))
 
 
+def per_minute(samples: Sequence[tuple[float, float]], t0: float) -> list[float]:
+    """Mean value of each whole or part minute since ``t0`` of ``(time s, value)`` samples: the shape of a growth
+    (a store filling levels off, a leak does not).
+
+    >>> per_minute([(0.0, 10.0), (30.0, 12.0), (61.0, 20.0), (150.0, 21.0)], 0.0)
+    [11.0, 20.0, 21.0]
+    """
+    buckets: dict[int, list[float]] = {}
+    for t, v in samples:
+        buckets.setdefault(int((t - t0) // 60.0), []).append(v)
+    return [round(float(np.mean(buckets[m])), 1) for m in sorted(buckets)]
+
+
 def seq_stats(seqs: Sequence[float]) -> tuple[int, int]:
     """(distinct ticks seen, ticks missed between the first and the last seen) of a viewer's ``seq`` values.
 
@@ -297,8 +310,8 @@ def phase_medians(phases: list[dict[str, float | None]]) -> dict[str, float | No
     """
     out: dict[str, float | None] = {}
     for k in PHASES:
-        got = [p[k] for p in phases if p.get(k) is not None]
-        out[k] = round(float(statistics.median(got)), 1) if got else None  # type: ignore[arg-type]
+        got = [v for p in phases if (v := p.get(k)) is not None]
+        out[k] = round(float(statistics.median(got)), 1) if got else None
     return out
 
 

@@ -82,6 +82,7 @@ from benchmarks._dashboard_measures import (
     growth,
     parse_drain,
     parse_status,
+    per_minute,
     phase_medians,
     print_table,
     quantiles,
@@ -809,7 +810,7 @@ class Run:
         over = f"measured over {minutes:.1f} min (not extrapolated)"
         self.rows += [
             goal_row("server_rss_growth_mb", growth([r for _, r in rss]), "MB", SERVER_MEM_GOAL, note=over,
-                     samples=len(rss)),
+                     samples=len(rss), per_minute_mb=per_minute(rss, t0)),
             goal_row("server_rss_slope_mb_per_min", slope_per_min(*zip(*rss, strict=True)) if len(rss) > 2 else None,
                      "MB/min", note=over),
             goal_row("server_rss_mb_idle", float(np.mean(idle_rss)) if idle_rss else None, "MB"),
