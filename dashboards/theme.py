@@ -75,7 +75,7 @@ def template(title: str, active: str, *main: Any, sidebar: Sequence[Any] = ()) -
     tpl = pn.template.BootstrapTemplate(
         title=f"{TITLE} · {title}", header_background="#1f3b57", sidebar_width=190,
         sidebar=[html_pane(f"<nav class='iso-nav'>{links}</nav>", margin=(5, 10)), *sidebar],
-        raw_css=[CSS], main=list(main),
+        raw_css=[CSS], main=[pn.Column(*main, sizing_mode="stretch_width")],
     )
     patch_document()
     return tpl
