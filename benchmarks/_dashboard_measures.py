@@ -193,11 +193,17 @@ class ServerStatus:
     rss_bytes: int
     cpu_s: float
     #: beyond the contract, read when the server reports them (isostream's does): ticks its clock closed
-    #: late, updates folded into the next one, updates that raised, pages being ticked
+    #: late, updates folded into the next one, updates that raised, writes to tabs that had just closed
+    #: (counted, not logged as errors), pages being ticked
     late_ticks: int | None = None
     coalesced_updates: int | None = None
     update_errors: int | None = None
+    closed_tab_writes: int | None = None
     ticking: int | None = None
+
+
+#: the counters beyond the contract, as ``ServerStatus`` names them
+EXTRA_COUNTS = ("late_ticks", "coalesced_updates", "update_errors", "closed_tab_writes")
 
 
 def _number(doc: dict[str, Any], key: str, where: str, kind: type) -> Any:
@@ -229,8 +235,7 @@ def parse_status(doc: Any) -> ServerStatus:
         raise BenchError(msg)
     ints = {k: _number(sessions, k, "sessions", int) for k in ("live", "created", "destroyed", "loaded")}
     top = {k: _number(doc, k, "status", int) for k in ("tick_ms", "ticks", "missed_updates", "rss_bytes")}
-    extra = {k: _number(doc, k, "status", int) for k in ("late_ticks", "coalesced_updates", "update_errors")
-             if doc.get(k) is not None}
+    extra = {k: _number(doc, k, "status", int) for k in EXTRA_COUNTS if doc.get(k) is not None}
     if sessions.get("ticking") is not None:
         extra["ticking"] = _number(sessions, "ticking", "sessions", int)
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)

@@ -64,6 +64,7 @@ from benchmarks._browser import DEFAULT_ARGS, Browser, BrowserError, Tab, die_wi
 from benchmarks._dashboard_measures import (
     BROWSER_MEM_GOAL,
     CPU_GOAL,
+    EXTRA_COUNTS,
     FIRST_PLOT_GOAL,
     FRAMES_GOAL,
     LATENCY_GOAL,
@@ -757,7 +758,7 @@ class Run:
             self.rows.append(goal_row("server_ticks_per_s", (st[-1].ticks - st[0].ticks) / (t1 - t0), "ticks/s",
                                       UPDATES_GOAL, tick_ms=st[-1].tick_ms,
                                       note="ticks the server's clock closed: a starved clock folds late ticks"))
-        for name in ("late_ticks", "coalesced_updates", "update_errors"):
+        for name in EXTRA_COUNTS:
             ends = [getattr(x, name) for x in (st[:1] + st[-1:]) if getattr(x, name) is not None]
             if len(ends) == 2:
                 self.rows.append(goal_row(f"{name}_server", float(ends[1] - ends[0]), "ticks",

@@ -28,7 +28,9 @@ from typing import Any
 
 import panel as pn
 import psutil
+from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
+from tornado.websocket import WebSocketClosedError
 
 from dashboards.hub import Hub
 from dashboards.models_watch import ModelsWatch
@@ -61,6 +63,34 @@ def routes(hub: Hub) -> dict[str, Callable[[], Any]]:
     }
 
 
+class ClosedTabWrites(logging.Filter):
+    """Counts, and keeps out of the log, Tornado's writes to a tab that closed mid-message.
+
+    Bokeh sends each update from a task nobody awaits; when the tab has just gone, asyncio logs the
+    task's ``WebSocketClosedError`` as an ERROR with a traceback ("Task exception was never retrieved").
+    Nothing is wrong (the session ends as its socket closed), so an operator should not be paged for it;
+    ``/status.json`` reports the count instead. Every other record passes.
+    """
+
+    CLOSED = (WebSocketClosedError, StreamClosedError)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, self.CLOSED):
+            self.count += 1
+            return False
+        return True
+
+
+#: one per process: asyncio's logger is, too
+CLOSED_TAB_WRITES = ClosedTabWrites()
+logging.getLogger("asyncio").addFilter(CLOSED_TAB_WRITES)
+
+
 class _StatusHandler(RequestHandler):
     """``GET /status.json``: sessions, ticks, missed updates and the server's own CPU and memory."""
 
@@ -74,7 +104,8 @@ class _StatusHandler(RequestHandler):
                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                "cpu_s": cpu.user + cpu.system, "consuming": self.hub.state.running,
                "bad_records": self.hub.state.bad_records, "keys_tracked": self.hub.state.key_list(0)[0],
-               "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0}
+               "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0,
+               "closed_tab_writes": CLOSED_TAB_WRITES.count}
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(doc))

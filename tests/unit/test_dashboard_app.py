@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dashboards.app import auth_options, routes, websocket_origins
+from dashboards.app import CLOSED_TAB_WRITES, auth_options, routes, websocket_origins
 from dashboards.broadcast import Broadcaster
 from dashboards.hub import Hub
 from dashboards.incidents_page import IncidentsPage, incidents_html
@@ -282,6 +282,33 @@ def test_routes_are_the_five_pages(hub: Hub) -> None:
 def test_websocket_origins_default_to_the_bound_address() -> None:
     assert websocket_origins("127.0.0.1", 5006) == ["127.0.0.1:5006", "localhost:5006"]
     assert websocket_origins("10.0.0.5", 80, ["dash.example.com"]) == ["10.0.0.5:80", "dash.example.com"]
+
+
+def test_a_write_to_a_closed_tab_is_counted_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio's "Task exception was never retrieved" for a closed websocket is counted; other errors still log."""
+    import asyncio
+    import gc
+    import logging
+
+    from tornado.websocket import WebSocketClosedError
+
+    async def fail(exc: Exception) -> None:
+        raise exc
+
+    async def leave_unretrieved(exc: Exception) -> None:
+        asyncio.ensure_future(fail(exc))  # nobody awaits it, as Bokeh's sends
+        await asyncio.sleep(0.01)
+
+    before = CLOSED_TAB_WRITES.count
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(leave_unretrieved(WebSocketClosedError()))
+        gc.collect()  # the task's finaliser is what logs
+        assert CLOSED_TAB_WRITES.count == before + 1
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        asyncio.run(leave_unretrieved(ValueError("a real bug")))
+        gc.collect()
+    assert CLOSED_TAB_WRITES.count == before + 1
+    assert [r for r in caplog.records if r.name == "asyncio" and "never retrieved" in r.getMessage()]
 
 
 def test_auth_options_pass_through_and_stay_secret() -> None:
