@@ -301,9 +301,10 @@ def _opt(v: Any, where: str) -> float | None:
     return float(v)
 
 
-#: a first plot's way, in the order a page reaches them: the HTML's first and last byte, the DOM loaded (the
-#: scripts ran), the load event, Bokeh's document built, every view drawn once, the timeline's first row
-PHASES = ("response_start_ms", "response_end_ms", "dom_loaded_ms", "load_ms", "document_ms", "rendered_ms",
+#: a first plot's way, in the order a page reaches them: the HTML's first and last byte, the last script's
+#: last byte, the DOM loaded (the scripts ran), the load event, Bokeh's document built, every view drawn once,
+#: the timeline's first row
+PHASES = ("response_start_ms", "response_end_ms", "scripts_ms", "dom_loaded_ms", "load_ms", "document_ms", "rendered_ms",
           "found_ms")
 
 

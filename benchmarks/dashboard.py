@@ -189,7 +189,10 @@ COLLECTOR_JS = """(() => {
     // where a first plot's time went: the page's own navigation timing (0: that point not reached yet)
     const nav = performance.getEntriesByType("navigation")[0] || {};
     const at = (v) => (typeof v === "number" && v > 0) ? v : null;
+    // the last script's last byte: from the HTML's end to it the server served them, after it Chromium ran them
+    const scripts = performance.getEntriesByType("resource").filter((r) => r.initiatorType === "script");
     const phases = {response_start_ms: at(nav.responseStart), response_end_ms: at(nav.responseEnd),
+                    scripts_ms: at(Math.max(0, ...scripts.map((r) => r.responseEnd))),
                     dom_loaded_ms: at(nav.domContentLoadedEventEnd), load_ms: at(nav.loadEventEnd),
                     document_ms: S.document_ms, rendered_ms: S.rendered_ms, found_ms: S.found_ms};
     return {start: S.base, rows: S.rows.slice(0, k), found_ms: S.found_ms, rendered_ms: S.rendered_ms,
