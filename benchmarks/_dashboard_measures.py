@@ -202,8 +202,9 @@ class ServerStatus:
     ticking: int | None = None
 
 
-#: the counters beyond the contract, as ``ServerStatus`` names them
-EXTRA_COUNTS = ("late_ticks", "coalesced_updates", "update_errors", "closed_tab_writes")
+#: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
+EXTRA_COUNTS = {"late_ticks": "ticks", "coalesced_updates": "ticks", "update_errors": "ticks",
+                "closed_tab_writes": "writes"}
 
 
 def _number(doc: dict[str, Any], key: str, where: str, kind: type) -> Any:
@@ -304,8 +305,8 @@ def _opt(v: Any, where: str) -> float | None:
 #: a first plot's way, in the order a page reaches them: the HTML's first and last byte, the last script's
 #: last byte, the DOM loaded (the scripts ran), the load event, Bokeh's document built, every view drawn once,
 #: the timeline's first row
-PHASES = ("response_start_ms", "response_end_ms", "scripts_ms", "dom_loaded_ms", "load_ms", "document_ms", "rendered_ms",
-          "found_ms")
+PHASES = ("response_start_ms", "response_end_ms", "scripts_ms", "dom_loaded_ms", "load_ms", "document_ms",
+          "rendered_ms", "found_ms")
 
 
 def phase_medians(phases: list[dict[str, float | None]]) -> dict[str, float | None]:

@@ -761,10 +761,10 @@ class Run:
             self.rows.append(goal_row("server_ticks_per_s", (st[-1].ticks - st[0].ticks) / (t1 - t0), "ticks/s",
                                       UPDATES_GOAL, tick_ms=st[-1].tick_ms,
                                       note="ticks the server's clock closed: a starved clock folds late ticks"))
-        for name in EXTRA_COUNTS:
+        for name, unit in EXTRA_COUNTS.items():
             ends = [getattr(x, name) for x in (st[:1] + st[-1:]) if getattr(x, name) is not None]
             if len(ends) == 2:
-                self.rows.append(goal_row(f"{name}_server", float(ends[1] - ends[0]), "ticks",
+                self.rows.append(goal_row(f"{name}_server", float(ends[1] - ends[0]), unit,
                                           MISSED_GOAL if name == "update_errors" else None,
                                           note="the server's own count over the phase"))
         answer = quantiles([ms for t, ms in self.stack.status_ms if t0 <= t <= t1])

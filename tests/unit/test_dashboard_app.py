@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tornado.websocket import WebSocketClosedError
 
 from dashboards.app import CLOSED_TAB_WRITES, auth_options, routes, websocket_origins
 from dashboards.broadcast import Broadcaster
@@ -286,11 +290,6 @@ def test_websocket_origins_default_to_the_bound_address() -> None:
 
 def test_a_write_to_a_closed_tab_is_counted_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
     """asyncio's "Task exception was never retrieved" for a closed websocket is counted; other errors still log."""
-    import asyncio
-    import gc
-    import logging
-
-    from tornado.websocket import WebSocketClosedError
 
     async def fail(exc: Exception) -> None:
         raise exc
