@@ -337,6 +337,9 @@ def test_overview_renders_updates_and_fills_the_alerts_table(world: World, tab: 
     assert first != second
     publish("overview", second)
     assert tab.page.evaluate(STYLE_WRITES_JS) == 1  # identical rewrites skipped (theme.STYLE_PATCH_JS)
+    scripts = tab.page.evaluate("performance.getEntriesByType('resource').map((r) => r.name)"
+                                ".filter((n) => n.includes('.js'))")
+    assert any("bokeh.min.js" in s for s in scripts) and not any("mathjax" in s for s in scripts), scripts
     assert tab.errors == []
 
 

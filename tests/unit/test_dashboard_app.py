@@ -23,6 +23,7 @@ from dashboards.keys_page import KeysPage
 from dashboards.models_page import ModelsPage
 from dashboards.models_watch import ModelsWatch
 from dashboards.overview import Overview
+from dashboards.resources import skip_mathjax
 from dashboards.state import LiveState
 from engine.config import Config, load
 from engine.synthetic import scored_day_with_champion, station_day
@@ -308,6 +309,25 @@ def test_a_write_to_a_closed_tab_is_counted_not_logged_as_an_error(caplog: pytes
         gc.collect()
     assert CLOSED_TAB_WRITES.count == before + 1
     assert [r for r in caplog.records if r.name == "asyncio" and "never retrieved" in r.getMessage()]
+
+
+def test_served_pages_leave_out_mathjax_and_keep_bokeh() -> None:
+    import panel as pn
+    import panel.io.resources as panel_resources
+    import panel.io.server as panel_server
+    from bokeh.document import Document
+    from bokeh.resources import Resources
+
+    doc = Document()
+    pn.pane.HTML("<nav>a $ in a key</nav>").server_doc(doc)  # a root HTML pane, as the template's sidebar is
+    res = Resources(mode="server", root_url="/")
+    scripts = lambda bundle: " ".join(str(f) for f in bundle.js_files)  # noqa: E731
+    # Panel's own choice for these panes is to load it: the case the switch is for
+    assert "bokeh-mathjax" in scripts(panel_resources.bundle_resources(doc.roots, res))
+    assert skip_mathjax() and skip_mathjax()  # twice: wrapped once
+    assert not hasattr(panel_server.bundle_resources.__wrapped__, "__wrapped__")
+    served = scripts(panel_server.bundle_resources(doc.roots, res))
+    assert "bokeh-mathjax" not in served and "bokeh.min.js" in served and "panel.min.js" in served
 
 
 def test_auth_options_pass_through_and_stay_secret() -> None:
