@@ -193,18 +193,21 @@ class ServerStatus:
     rss_bytes: int
     cpu_s: float
     #: beyond the contract, read when the server reports them (isostream's does): ticks its clock closed
-    #: late, updates folded into the next one, updates that raised, writes to tabs that had just closed
-    #: (counted, not logged as errors), pages being ticked
+    #: late, updates folded into the next one (of them, held back for a browser behind), updates that
+    #: raised, writes to tabs that had just closed (counted, not logged as errors), pages being ticked, and
+    #: the p95 of how long recent updates waited for the server's event loop after their tick
     late_ticks: int | None = None
     coalesced_updates: int | None = None
+    held_updates: int | None = None
     update_errors: int | None = None
     closed_tab_writes: int | None = None
     ticking: int | None = None
+    update_delay_p95_ms: float | None = None
 
 
 #: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
-EXTRA_COUNTS = {"late_ticks": "ticks", "coalesced_updates": "ticks", "update_errors": "ticks",
-                "closed_tab_writes": "writes"}
+EXTRA_COUNTS = {"late_ticks": "ticks", "coalesced_updates": "ticks", "held_updates": "ticks",
+                "update_errors": "ticks", "closed_tab_writes": "writes"}
 
 
 def _number(doc: dict[str, Any], key: str, where: str, kind: type) -> Any:
@@ -239,6 +242,9 @@ def parse_status(doc: Any) -> ServerStatus:
     extra = {k: _number(doc, k, "status", int) for k in EXTRA_COUNTS if doc.get(k) is not None}
     if sessions.get("ticking") is not None:
         extra["ticking"] = _number(sessions, "ticking", "sessions", int)
+    delay = doc.get("update_delay_ms")
+    if isinstance(delay, dict) and delay.get("p95") is not None:
+        extra["update_delay_p95_ms"] = _number(delay, "p95", "update_delay_ms", float)
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
 
 

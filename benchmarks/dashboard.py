@@ -767,6 +767,12 @@ class Run:
                 self.rows.append(goal_row(f"{name}_server", float(ends[1] - ends[0]), unit,
                                           MISSED_GOAL if name == "update_errors" else None,
                                           note="the server's own count over the phase"))
+        delays = [x.update_delay_p95_ms for x in st if x.update_delay_p95_ms is not None]
+        self.rows.append(goal_row("update_delay_p95_ms_server", float(np.median(delays)) if delays else None, "ms",
+                                  why_missing="the server reports no update delays", max=max(delays, default=None),
+                                  samples=len(delays),
+                                  note="how long a page's update waited for the server's event loop after its "
+                                       "tick: the median over the phase of the server's p95 of its last 1,000"))
         answer = quantiles([ms for t, ms in self.stack.status_ms if t0 <= t <= t1])
         self.rows.append(goal_row("status_json_p95_ms", answer["p95"], "ms", why_missing="no /status.json",
                                   max=answer["max"], n=answer["n"], timeouts_whole_run=self.stack.status_timeouts,

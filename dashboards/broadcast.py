@@ -9,7 +9,9 @@ of a core with one streamed row per tick and page.
 A page whose previous update has not run yet when the next tick comes is not scheduled twice: the tick is
 counted as *coalesced*, and its next update draws every row it has not drawn (nothing is lost while the ring
 holds them). Rows that fell out of the ring before a page drew them are *missed*, counted per page and in
-total, and shown on the page.
+total, and shown on the page. Of the coalesced ticks, those a page held back because its browser had not yet
+acknowledged what it was sent are *held* (the browser was behind, not the server); how long each update waited
+for the server's event loop after its tick is the *update delay* (the server was behind).
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import numpy as np
 
 from dashboards.state import LiveState
 
 log = logging.getLogger(__name__)
+
+#: the update delays /status.json summarises: the most recent ones (10 pages at 10 ticks/s: about 10 s)
+DELAYS_KEPT = 1_000
 
 
 class Page(Protocol):
     """What the broadcaster drives: a page of one browser session."""
 
     missed: int
-    coalesced: int
+    coalesced: int  # held ticks included: a page without flow control holds none (``held`` may be absent)
 
     def update(self) -> None: ...
 
@@ -37,10 +45,11 @@ class Page(Protocol):
 class _Slot:
     """A registered page, its document, and whether an update is already queued on it."""
 
-    __slots__ = ("page", "doc", "pending")
+    __slots__ = ("page", "doc", "pending", "queued_at")
 
     def __init__(self, page: Page, doc: Any) -> None:
         self.page, self.doc, self.pending = page, doc, False
+        self.queued_at = 0.0  # time.monotonic() of the tick that queued the pending update
 
 
 def _connected(doc: Any) -> bool:
@@ -64,7 +73,8 @@ class Broadcaster:
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
         self.created = self.loaded = self.destroyed = self.errors = 0
-        self._missed_gone = self._coalesced_gone = 0  # of pages that have gone
+        self._missed_gone = self._coalesced_gone = self._held_gone = 0  # of pages that have gone
+        self._delays: deque[float] = deque(maxlen=DELAYS_KEPT)  # ms from a tick to its update running
         self.late_ticks = 0  # ticks this thread could not close on time (it was starved of CPU)
         self.abandoned = 0  # updates dropped because their browser had gone (its rows are not owed to anyone)
         self._stop = threading.Event()
@@ -89,6 +99,7 @@ class Broadcaster:
             if slot is not None:
                 self._missed_gone += slot.page.missed
                 self._coalesced_gone += slot.page.coalesced
+                self._held_gone += getattr(slot.page, "held", 0)
 
     @property
     def live_pages(self) -> int:
@@ -99,6 +110,7 @@ class Broadcaster:
         """Sessions and tick accounting, for ``/status.json`` and the pages' status line."""
         with self._lock:
             pages = [s.page for s in self._slots.values()]
+            delays = np.array(list(self._delays))  # list(): one C call, safe beside appends
             return {
                 "sessions": {"live": self.created - self.destroyed, "created": self.created, "loaded": self.loaded,
                              "destroyed": self.destroyed, "ticking": len(pages)},
@@ -107,6 +119,11 @@ class Broadcaster:
                 "late_ticks": self.late_ticks,
                 "missed_updates": self._missed_gone + sum(p.missed for p in pages),
                 "coalesced_updates": self._coalesced_gone + sum(p.coalesced for p in pages),
+                "held_updates": self._held_gone + sum(getattr(p, "held", 0) for p in pages),
+                "update_delay_ms": {
+                    "n": int(delays.size),
+                    **{k: round(float(np.percentile(delays, q)), 1) if delays.size else None
+                       for k, q in (("p50", 50), ("p95", 95), ("max", 100))}},
                 "update_errors": self.errors,
                 "abandoned_updates": self.abandoned,
             }
@@ -158,6 +175,7 @@ class Broadcaster:
                 slot.page.coalesced += 1
                 continue
             slot.pending = True
+            slot.queued_at = time.monotonic()
             try:
                 # the one Document method Bokeh allows from another thread: runs on the server's IOLoop, with the
                 # document locked, and sends what the update changed to that browser only
@@ -167,6 +185,7 @@ class Broadcaster:
 
     def _update(self, slot: _Slot) -> None:
         slot.pending = False
+        self._delays.append((time.monotonic() - slot.queued_at) * 1000.0)  # deque.append: atomic, no lock
         if not _connected(slot.doc):
             self.abandoned += 1  # the browser left between the tick and this update
             return

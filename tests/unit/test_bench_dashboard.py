@@ -127,6 +127,10 @@ def test_parse_status_reads_the_contract() -> None:
     assert (s.live, s.created, s.destroyed, s.loaded) == (3, 9, 6, 3)
     assert (s.tick_ms, s.ticks, s.missed_updates, s.rss_bytes, s.cpu_s) == (100, 1234, 2, 150_000_000, 12.5)
     assert parse_status({**STATUS, "cpu_s": 3}).cpu_s == 3.0  # an int is a fine float
+    assert s.held_updates is None and s.update_delay_p95_ms is None  # beyond the contract: absent is fine
+    more = parse_status({**STATUS, "held_updates": 7, "update_delay_ms": {"n": 9, "p50": 3.5, "p95": 41.0}})
+    assert (more.held_updates, more.update_delay_p95_ms) == (7, 41.0)
+    assert parse_status({**STATUS, "update_delay_ms": {"n": 0, "p95": None}}).update_delay_p95_ms is None
 
 
 @pytest.mark.parametrize(("doc", "message"), [

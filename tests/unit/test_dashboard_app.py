@@ -214,6 +214,22 @@ def test_broadcaster_ticks_only_loaded_pages_and_coalesces(hub: Hub) -> None:
     assert b.status()["coalesced_updates"] == 1  # a gone page's counts are kept
 
 
+def test_broadcaster_tells_a_late_server_from_a_browser_behind(hub: Hub) -> None:
+    b = Broadcaster(hub.state, 100)
+    assert b.status()["update_delay_ms"] == {"n": 0, "p50": None, "p95": None, "max": None}
+    page, doc = Page(), Doc()
+    page.held = 3  # type: ignore[attr-defined]  # ticks the page held back for its browser (Overview's flow control)
+    b.register(page, doc)
+    b._fan_out()
+    time.sleep(0.05)  # the server's event loop runs the update 50 ms after its tick
+    doc.run()
+    delay = b.status()["update_delay_ms"]
+    assert delay["n"] == 1 and 45 <= delay["p50"] == delay["max"] < 1_000
+    assert b.status()["held_updates"] == 3
+    b.session_destroyed(page)
+    assert b.status()["held_updates"] == 3  # kept when the page goes
+
+
 def test_broadcaster_survives_a_failing_page(hub: Hub) -> None:
     class Broken(Page):
         def update(self) -> None:
