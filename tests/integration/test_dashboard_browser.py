@@ -615,3 +615,40 @@ def test_panel_serve_serves_the_overview_at_app(broker: EmbeddedBroker, tmp_path
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+# -- LiveChart's line, in the browser that runs it --------------------------------------------------------------
+TRACE_JS = """async ([code, n, width]) => {
+  const url = "data:text/javascript;base64," + btoa(code);
+  const {trace} = await import(url);
+  const t = [], v = [];
+  for (let i = 0; i < n; i++) { t.push(i); v.push(i === 1200 || i === 1201 ? NaN : Math.sin(i / 7) * 50 + (i % 13)); }
+  const X = (x) => 10 + (x / (n - 1)) * width, Y = (y) => 200 - y;
+  const calls = [];  // what a canvas path would have been told
+  const ctx = {moveTo: (x, y) => calls.push(["M", x, y]), lineTo: (x, y) => calls.push(["L", x, y])};
+  trace(ctx, t, v, n, X, Y);
+  // the full path's extremes per pixel column, to compare with the decimated one's
+  const full = {}, drawn = {}, per = {};
+  const add = (m, x, y) => { const c = Math.floor(x); const e = m[c] || (m[c] = [Infinity, -Infinity]);
+                             e[0] = Math.min(e[0], y); e[1] = Math.max(e[1], y); };
+  for (let i = 0; i < n; i++) if (Number.isFinite(v[i])) add(full, X(t[i]), Y(v[i]));
+  for (const [, x, y] of calls) { add(drawn, x, y); per[Math.floor(x)] = (per[Math.floor(x)] || 0) + 1; }
+  return {calls: calls.length, moves: calls.filter((c) => c[0] === "M").length, first: calls[0],
+          last: calls[calls.length - 1], most_per_column: Math.max(...Object.values(per)),
+          same_extremes: JSON.stringify(full) === JSON.stringify(drawn), expected_last: [X(n - 1), Y(v[n - 1])]};
+}"""
+
+
+def test_livechart_draws_a_long_line_as_its_extremes_per_pixel(context: BrowserContext) -> None:
+    code = (Path(__file__).parents[2] / "dashboards" / "livechart.js").read_text()
+    page = context.new_page()
+    try:
+        out = page.evaluate(TRACE_JS, [code, 3000, 300])
+    finally:
+        page.close()
+    # 3,000 points over 300 px, one missing pair: at most 4 points per column, and one more column-start
+    # where the line breaks (each side of the gap has its own column's points)
+    assert out["most_per_column"] <= 8 and out["calls"] <= 4 * 301 + 4, out
+    assert out["moves"] == 2  # the start, and again after the missing values: the gap is not bridged
+    assert out["same_extremes"]  # every pixel column spans what the 3,000 points span: the same picture
+    assert out["first"][:1] == ["M"] and out["last"][1:] == out["expected_last"]
