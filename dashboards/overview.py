@@ -47,11 +47,14 @@ FAST = tuple(c for c in COLUMNS if c not in GAUGES[2:])
 SLOW_EVERY_S = 1.0  # tables, histogram and numbers: people do not read faster
 #: ticks a browser may be behind before its page holds back: measured with 10 windows on 2 cores, the
 #: browsers fell seconds behind and the rows queued up in them; held back, they wait on the server and go
-#: out together in one update the browser draws once
-IN_FLIGHT_TICKS = 5
+#: out together in one update the browser draws once. Not fewer: under that load an acknowledgement's round
+#: trip (ACK_MS, a starved tab, the server's event loop at ~200 ms p95) is itself ~5 ticks, and at 5 the
+#: pages held back browsers that were keeping up (quick benchmark: 1,218-1,776 held ticks at 5, 230-454 at
+#: 10; the slowest tab's pictures 5.2-6.2/s at 5, 6.2-6.9/s at 10)
+IN_FLIGHT_TICKS = 10
 #: the browser acknowledges the streamed updates it has applied: a property change Bokeh syncs back, with the
 #: newest seq at most every ACK_MS (one message per update was a patch, a reply and a server callback per tick
-#: and viewer; a browser that keeps up stays ~2 ticks behind its acknowledgements, well inside IN_FLIGHT_TICKS).
+#: and viewer; on a quiet machine a browser that keeps up stays ~2 ticks behind its acknowledgements).
 #: Deferred: a change made while BokehJS applies the server's patch carries the patch's setter and is not sent.
 #: Set on a model nothing draws: a tag on the timeline's own source would make its charts redraw for nothing
 ACK_MS = 200
