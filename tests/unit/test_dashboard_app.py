@@ -22,7 +22,7 @@ from dashboards.incidents_page import IncidentsPage, incidents_html
 from dashboards.keys_page import KeysPage
 from dashboards.models_page import ModelsPage
 from dashboards.models_watch import ModelsWatch
-from dashboards.overview import Overview
+from dashboards.overview import IN_FLIGHT_TICKS, Overview
 from dashboards.resources import skip_mathjax
 from dashboards.state import LiveState
 from engine.config import Config, load
@@ -364,12 +364,13 @@ def test_overview_holds_back_while_its_browser_is_behind(hub: Hub, clock: Clock)
     tick(hub, clock, 3)
     view.update()  # 3 rows streamed, none acknowledged yet: still within the window
     assert view._seq == drawn + 3 and view.held == 0
-    tick(hub, clock, 3)
+    ahead = IN_FLIGHT_TICKS + 1
+    tick(hub, clock, ahead - 3)
     view.update()
-    assert view._seq == drawn + 6
+    assert view._seq == drawn + ahead
     tick(hub, clock, 2)
-    view.update()  # 6 ticks unacknowledged > 5: the rows wait on the server
-    assert view._seq == drawn + 6 and view.held == 1 and view.coalesced == 1
-    view._on_ack("tags", [], [drawn + 6])  # the browser applied them
+    view.update()  # more ticks unacknowledged than IN_FLIGHT_TICKS: the rows wait on the server
+    assert view._seq == drawn + ahead and view.held == 1 and view.coalesced == 1
+    view._on_ack("tags", [], [drawn + ahead])  # the browser applied them
     view.update()  # both waiting rows go out together
-    assert view._seq == drawn + 8 and view.missed == 0
+    assert view._seq == drawn + ahead + 2 and view.missed == 0
