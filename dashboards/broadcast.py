@@ -91,8 +91,11 @@ class Broadcaster:
             self._slots[id(page)] = _Slot(page, doc)
             self.loaded += 1
 
-    def session_destroyed(self, page: Page | None) -> None:
-        """Bokeh destroyed a session (its page loaded or not): stop ticking it and keep its counts."""
+    def session_destroyed(self, page: Page | None) -> bool:
+        """Bokeh destroyed a session (its page loaded or not): stop ticking it and keep its counts.
+
+        Returns whether its page had loaded (was being ticked).
+        """
         with self._lock:
             self.destroyed += 1
             slot = self._slots.pop(id(page), None) if page is not None else None
@@ -100,6 +103,7 @@ class Broadcaster:
                 self._missed_gone += slot.page.missed
                 self._coalesced_gone += slot.page.coalesced
                 self._held_gone += getattr(slot.page, "held", 0)
+            return slot is not None
 
     @property
     def live_pages(self) -> int:

@@ -37,5 +37,9 @@ def history_page(hub: Hub) -> Any:
     doc = pn.state.curdoc
     if doc is not None and doc.session_context is not None:  # counted like the live pages; nothing ticks here
         hub.broadcaster.session_created()
-        doc.on_session_destroyed(lambda _ctx: hub.broadcaster.session_destroyed(None))
+
+        def ended(_ctx: Any) -> None:
+            hub.broadcaster.session_destroyed(None)
+
+        doc.on_session_destroyed(ended)
     return template("History", "/history", body)

@@ -6,6 +6,7 @@ went away, before or after the page loaded): see :mod:`dashboards.broadcast`.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,7 @@ import panel as pn
 from dashboards.hub import Hub
 from dashboards.theme import CONTAINED, html_pane, template
 
+log = logging.getLogger(__name__)
 STATUS_EVERY_S = 1.0
 
 
@@ -41,8 +43,16 @@ class LivePage(pn.viewable.Viewer):
             return
         b = self.hub.broadcaster
         b.session_created()
+        began = time.monotonic()
         pn.state.onload(lambda: b.register(self, doc))
-        doc.on_session_destroyed(lambda _ctx: b.session_destroyed(self))
+        doc.on_session_destroyed(lambda _ctx: self._ended(began))
+
+    def _ended(self, began: float) -> None:
+        """Bokeh ended this page's session: unregister it, and say how long the session lived (a session that
+        lives long after its browser left is what the orphan drill looks for)."""
+        loaded = self.hub.broadcaster.session_destroyed(self)
+        log.info("dashboard: %s session ended %.0f s after it began (%s)", self.path, time.monotonic() - began,
+                 "its page had loaded" if loaded else "its page never loaded")
 
     def update(self) -> None:
         """One tick: draw what changed, and the status line once a second."""

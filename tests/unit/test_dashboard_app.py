@@ -207,8 +207,8 @@ def test_broadcaster_ticks_only_loaded_pages_and_coalesces(hub: Hub) -> None:
     status = b.status()
     assert status["sessions"] == {"live": 2, "created": 2, "loaded": 1, "destroyed": 0, "ticking": 1}
     assert status["coalesced_updates"] == 1
-    b.session_destroyed(loaded)
-    b.session_destroyed(None)  # the page that never loaded
+    assert b.session_destroyed(loaded)  # it had loaded: it was being ticked
+    assert not b.session_destroyed(None)  # the page that never loaded
     b._fan_out()
     assert doc.queued == [] and b.status()["sessions"]["live"] == 0
     assert b.status()["coalesced_updates"] == 1  # a gone page's counts are kept
