@@ -271,6 +271,7 @@ def run_server(cfg: Config, *, open_browser: bool, stop: threading.Event | None 
 
 def _served_hub(cfg: Config) -> Hub:
     """The process-wide hub for ``panel serve``, which re-runs this file for every session."""
+    skip_mathjax()  # once per process, as serve() does
     hub = hub_for(cfg).start()
     atexit.register(hub.stop)  # close the consumer when the server process exits normally
     return hub
@@ -282,5 +283,4 @@ if pn.state.served:
 
     _cfg = load(os.environ.get("ISOSTREAM_CONFIG") or None)
     _hub: Hub = pn.state.as_cached("isostream-hub", lambda: _served_hub(_cfg))
-    skip_mathjax()
     Overview(_hub).page().servable(title=TITLE)

@@ -37,7 +37,8 @@ class Page(Protocol):
     """What the broadcaster drives: a page of one browser session."""
 
     missed: int
-    coalesced: int  # held ticks included: a page without flow control holds none (``held`` may be absent)
+    coalesced: int  # held ticks included
+    held: int  # ticks held back for a browser behind (a page without flow control holds none)
 
     def update(self) -> None: ...
 
@@ -102,7 +103,7 @@ class Broadcaster:
             if slot is not None:
                 self._missed_gone += slot.page.missed
                 self._coalesced_gone += slot.page.coalesced
-                self._held_gone += getattr(slot.page, "held", 0)
+                self._held_gone += slot.page.held
             return slot is not None
 
     @property
@@ -123,7 +124,7 @@ class Broadcaster:
                 "late_ticks": self.late_ticks,
                 "missed_updates": self._missed_gone + sum(p.missed for p in pages),
                 "coalesced_updates": self._coalesced_gone + sum(p.coalesced for p in pages),
-                "held_updates": self._held_gone + sum(getattr(p, "held", 0) for p in pages),
+                "held_updates": self._held_gone + sum(p.held for p in pages),
                 "update_delay_ms": {
                     "n": int(delays.size),
                     **{k: round(float(np.percentile(delays, q)), 1) if delays.size else None

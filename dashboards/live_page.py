@@ -31,6 +31,7 @@ class LivePage(pn.viewable.Viewer):
         self.hub = hub
         self.missed = 0  # ticks this page never drew (they left the ring before it could)
         self.coalesced = 0  # ticks drawn late, together with the next one
+        self.held = 0  # of them, ticks held back because the browser had not caught up (Overview's flow control)
         self.updates = 0
         self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width", styles=CONTAINED)
         self._status_at = 0.0

@@ -92,7 +92,6 @@ class Overview(LivePage):
         self.gauges = source(GAUGES, name="live-gauges")
         self._gauge_seq = self._seq
         self._acked: int | None = None  # None: no browser acknowledges (not served): no flow control
-        self.held = 0  # ticks held back because the browser had not caught up
         self._figures = self._time_figures()
         self.hist = ColumnDataSource({"left": [], "right": [], "count": []}, name="live-histogram")
         self._threshold = Span(location=np.nan, dimension="height", line_color=ALARM, line_dash="dashed",

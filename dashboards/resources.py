@@ -1,11 +1,12 @@
 """What a page makes its browser load: Panel's server pages without the 1.8 MB MathJax bundle.
 
-Panel adds ``bokeh-mathjax.min.js`` to every served page that holds an HTML or Markdown pane, in case its text
-has TeX in it; every isostream page does, and none shows math (keys, reasons and numbers only: a ``$`` in a
-key must show as a ``$``). Measured in headless Chromium on this 2-core machine, 12 fresh tabs of the Overview
-each (quiet machine, warm HTTP cache): without the bundle a tab spent 438 ms instead of 523 ms on its main
-thread before its first plot (rendered at 797 ms instead of 903 ms, median), and held 13.3 MB of JavaScript
-heap instead of 20.7 MB. In a tab starved of CPU (ten viewers beside the engine) those milliseconds stretch.
+Panel adds ``bokeh-mathjax.min.js`` to every served page with an HTML or Markdown pane among its document's
+roots, in case its text has TeX in it. Every isostream page has one (the template's navigation), and none
+shows math (keys, reasons and numbers only: a ``$`` in a key must show as a ``$``). Measured in headless
+Chromium on this 2-core machine, 12 fresh tabs of the Overview each (quiet machine, warm HTTP cache): without
+the bundle a tab spent 438 ms instead of 523 ms on its main thread before its first plot (rendered at 797 ms
+instead of 903 ms, median), and held 13.3 MB of JavaScript heap instead of 20.7 MB. In a tab starved of CPU
+(ten viewers beside the engine) those milliseconds stretch.
 
 Panel decides this inside ``panel.io.server``, in ``bundle_resources``, with an ``enable_mathjax`` switch its
 server path never sets; :func:`skip_mathjax` sets it there. Without the bundle BokehJS's MathJax provider

@@ -187,7 +187,7 @@ class Doc:
 
 class Page:
     def __init__(self) -> None:
-        self.missed = self.coalesced = self.calls = 0
+        self.missed = self.coalesced = self.held = self.calls = 0
 
     def update(self) -> None:
         self.calls += 1
@@ -218,7 +218,7 @@ def test_broadcaster_tells_a_late_server_from_a_browser_behind(hub: Hub) -> None
     b = Broadcaster(hub.state, 100)
     assert b.status()["update_delay_ms"] == {"n": 0, "p50": None, "p95": None, "max": None}
     page, doc = Page(), Doc()
-    page.held = 3  # type: ignore[attr-defined]  # ticks the page held back for its browser (Overview's flow control)
+    page.held = 3  # ticks the page held back for its browser (Overview's flow control)
     b.register(page, doc)
     b._fan_out()
     time.sleep(0.05)  # the server's event loop runs the update 50 ms after its tick
