@@ -12,11 +12,13 @@ Screenshots are test artefacts (``$ISOSTREAM_ARTIFACTS`` or a temporary folder, 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -518,6 +520,43 @@ def test_sessions_end_when_a_browser_never_loads_or_leaves_early(browser: Browse
     finally:
         leaver.close()
     assert tab.errors == []
+
+
+def handshake_and_close_at_once(url: str) -> bytes:
+    """GET ``url`` (a session), then send its websocket handshake and a close frame in one TCP write.
+
+    A tab that shuts while its page connects does the same: Bokeh reads the close before its callback attaches
+    the session to the socket (see :func:`dashboards.app.keep_alive_ms`). Returns the server's first answer.
+    """
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        html = resp.read().decode()
+    token = re.search(r'"token"\s*:\s*"([^"]+)"', html)
+    assert token is not None, "no session token in the page"
+    u = urlparse(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    handshake = (f"GET {u.path.rstrip('/')}/ws HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                 f"Origin: {u.scheme}://{u.netloc}\r\nSec-WebSocket-Protocol: bokeh, {token[1]}\r\n\r\n")
+    mask = os.urandom(4)
+    going_away = bytes(b ^ mask[i % 4] for i, b in enumerate(struct.pack("!H", 1001)))
+    close = bytes([0x88, 0x80 | len(going_away)]) + mask + going_away  # a masked close frame, code 1001
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        sock.sendall(handshake.encode() + close)
+        return sock.recv(64)
+
+
+def test_a_tab_that_closes_during_its_websocket_handshake_leaves_no_session(server: ServerHandle) -> None:
+    wait_until(lambda: status(server)["sessions"]["live"] == 0, "the previous tests' tabs ended",
+               timeout_s=4 * SESSION_EXPIRY_S)
+    before = status(server)["sessions"]
+    answer = handshake_and_close_at_once(server.url)
+    assert answer.startswith(b"HTTP/1.1 101"), answer  # the socket opened: the case under test, not a refusal
+    started = time.monotonic()
+    # Bokeh's own keep-alive (37 s) would keep the session past this; the server's pings end it within
+    # expiry + check + ping (12.5 s here)
+    wait_until(lambda: (s := status(server)["sessions"])["live"] == 0 and s["destroyed"] > before["destroyed"],
+               "the session of a socket that closed during its handshake ended", timeout_s=25.0)
+    print(f"the session ended {time.monotonic() - started:.1f} s after its socket closed")
 
 
 def test_a_bad_record_is_skipped_and_the_page_keeps_updating(topics: Topics, feed: EngineFeed, server: ServerHandle,
