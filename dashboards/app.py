@@ -7,8 +7,8 @@ Three ways to run it:
 
 - ``isostream dashboard --config FILE`` (``run_server``: blocks until Ctrl-C);
 - ``serve(hub, port=...)`` from Python (``isostream demo``, the tests): a server thread with ``.stop()``;
-- ``ISOSTREAM_CONFIG=FILE panel serve dashboards/app.py`` (the ``pn.state.served`` block at the bottom: the
-  Overview page only, with Panel's own options).
+- ``ISOSTREAM_CONFIG=FILE panel serve dashboards/app.py --keep-alive 5000`` (the ``pn.state.served`` block at
+  the bottom: the Overview page only, with Panel's own options; ``--keep-alive``: see :func:`keep_alive_ms`).
 """
 
 from __future__ import annotations

@@ -633,7 +633,7 @@ def test_panel_serve_serves_the_overview_at_app(broker: EmbeddedBroker, tmp_path
     port = free_port()
     env = dict(os.environ, ISOSTREAM_CONFIG=str(config_file))
     cmd = [sys.executable, "-m", "panel", "serve", str(REPO / "dashboards" / "app.py"), "--port", str(port),
-           "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}"]
+           "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}", "--keep-alive", "5000"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         page: list[str] = []
