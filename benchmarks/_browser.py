@@ -224,16 +224,24 @@ class Browser:
                 fut.set_exception(BrowserError(f"browser: {method}: the DevTools connection {reason}"))
 
     # -- tabs --------------------------------------------------------------------------------------------
-    def new_tab(self, init_script: str | None = None, *, new_window: bool = True) -> Tab:
+    def new_context(self) -> str:
+        """A new browser context (like an incognito window: its own cache and cookies); returns its id."""
+        return str(self.send("Target.createBrowserContext", {"disposeOnDetach": True})["browserContextId"])
+
+    def new_tab(self, init_script: str | None = None, *, new_window: bool = True, context: str | None = None) -> Tab:
         """A new blank tab, attached; ``init_script`` runs in every document it loads, before the page's own.
+
+        ``context``: a :meth:`new_context` id (a cold cache); by default the browser's own, shared by its tabs.
 
         ``new_window`` (default): the tab gets a window of its own, so it is visible and draws frames. Tabs
         sharing a window are hidden but for the front one (``document.visibilityState == "hidden"``), and a
         hidden page gets no animation frames at all, whatever the throttling flags say: ten viewers would be
         one drawing viewer and nine that only receive.
         """
-        target = self.send("Target.createTarget", {"url": "about:blank", "newWindow": new_window,
-                                                   "background": False})["targetId"]
+        params: dict[str, Any] = {"url": "about:blank", "newWindow": new_window, "background": False}
+        if context is not None:
+            params["browserContextId"] = context
+        target = self.send("Target.createTarget", params)["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         tab = Tab(self, target, session)
         for method in ("Page.enable", "Runtime.enable", "Performance.enable"):

@@ -271,3 +271,19 @@ def test_log_errors_keeps_each_error_with_its_traceback() -> None:
     assert got["first"][0].splitlines()[-1] == "RuntimeError: boom"
     assert got["first"][1].endswith("GET /ws")
     assert log_errors(log, keep=1)["first"] == got["first"][:1]
+
+
+def test_tab_profile_is_summed_per_script_without_idle_or_query_strings() -> None:
+    from benchmarks.dashboard_tab import by_script
+
+    def node(i: int, url: str, fn: str) -> dict[str, Any]:
+        return {"id": i, "callFrame": {"url": url, "functionName": fn}}
+
+    profile = {
+        "nodes": [node(1, "", "(idle)"), node(2, "http://h:1/static/js/bokeh.min.js?v=abc", "require"),
+                  node(3, "http://h:1/static/js/bokeh.min.js?v=abc", "define"), node(4, "", "(program)"),
+                  node(5, "http://h:1/panel.min.js", "")],
+        "samples": [1, 2, 3, 2, 4, 5, 1],
+        "timeDeltas": [5_000, 200, 300, 400, 1_000, 250, 9_000],  # µs, one per sample
+    }
+    assert by_script(profile) == pytest.approx({"bokeh.min.js": 0.9, "(program)": 1.0, "panel.min.js": 0.25})
