@@ -62,6 +62,11 @@ class BrowserTimeout(BrowserError):
     """A DevTools command got no answer in time (a renderer starved of CPU, or hung); the browser is still up."""
 
 
+def no_chromium(path: str | None = None) -> str:
+    """Why a benchmark that needs Chromium skips: what was looked for, and how to get it."""
+    return f"no Chromium at {path or CHROMIUM} (apt-get install chromium, or --chromium)"
+
+
 def find_chromium(path: str | None = None) -> str | None:
     """The Chromium executable to use: ``path``, else ``$CHROMIUM``, ``/usr/bin/chromium`` or one on PATH.
 

@@ -49,4 +49,5 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     """One line per result row, with its ratio to the baseline where it has one."""
     for r in rows:
         ratio = f"  ratio {r['ratio']:.2f} vs {r['baseline']}" if r["ratio"] else ""
-        print(f"  {r['name']}: {r['value']:,.1f} {r['unit']}{ratio}")
+        value = "-" if r["value"] is None else f"{r['value']:,.1f}"  # a skipped or unmeasured row
+        print(f"  {r['name']}: {value} {r['unit']}{ratio}{'  (' + r['reason'] + ')' if r.get('reason') else ''}")

@@ -60,7 +60,15 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks._browser import DEFAULT_ARGS, Browser, BrowserError, Tab, die_with_parent, find_chromium
+from benchmarks._browser import (
+    DEFAULT_ARGS,
+    Browser,
+    BrowserError,
+    Tab,
+    die_with_parent,
+    find_chromium,
+    no_chromium,
+)
 from benchmarks._dashboard_measures import (
     BROWSER_MEM_GOAL,
     CPU_GOAL,
@@ -970,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
                     config="configs/demo.yaml, own topics, lake and registry")
     chromium = find_chromium(args.chromium)
     if chromium is None:
-        reason = f"no Chromium at {args.chromium or '/usr/bin/chromium'} (apt-get install chromium, or --chromium)"
+        reason = no_chromium(args.chromium)
         log(f"skipped: {reason}")
         rows = [row("skipped", None, "skipped", skipped=True, reason=reason)]  # type: ignore[arg-type]
         return _finish(args.out, rows, settings, started)

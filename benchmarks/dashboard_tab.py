@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks._browser import Browser, Tab, find_chromium
+from benchmarks._browser import Browser, Tab, find_chromium, no_chromium
 from benchmarks.common import finish, row
 
 HERE = Path(__file__).resolve().parent
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "sample_us": SAMPLE_US, "load_average_start": list(os.getloadavg())}
     chromium = find_chromium(args.chromium)
     if chromium is None:
-        reason = f"no Chromium at {args.chromium or '/usr/bin/chromium'} (apt-get install chromium, or --chromium)"
+        reason = no_chromium(args.chromium)
         log(f"skipped: {reason}")
         rows = [row("skipped", None, "skipped", skipped=True, reason=reason)]  # type: ignore[arg-type]
     else:

@@ -287,3 +287,12 @@ def test_tab_profile_is_summed_per_script_without_idle_or_query_strings() -> Non
         "timeDeltas": [5_000, 200, 300, 400, 1_000, 250, 9_000],  # µs, one per sample
     }
     assert by_script(profile) == pytest.approx({"bokeh.min.js": 0.9, "(program)": 1.0, "panel.min.js": 0.25})
+
+
+def test_tab_benchmark_without_chromium_writes_why_it_skipped(tmp_path: Path) -> None:
+    from benchmarks.dashboard_tab import main
+
+    out = tmp_path / "tab.json"
+    assert main(["--chromium", str(tmp_path / "no-browser"), "--out", str(out)]) == 0
+    (skipped,) = json.loads(out.read_text())["results"]
+    assert skipped["skipped"] is True and "no Chromium at" in skipped["reason"] and skipped["value"] is None
