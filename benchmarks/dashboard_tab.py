@@ -48,7 +48,7 @@ def by_script(profile: dict[str, Any]) -> dict[str, float]:
         name = frame["url"].rsplit("/", 1)[-1].split("?", 1)[0]
         where[node["id"]] = name or f"({frame['functionName'].strip('()')})"
     spent: Counter[str] = Counter()
-    for node_id, delta_us in zip(profile["samples"], profile["timeDeltas"], strict=False):
+    for node_id, delta_us in zip(profile["samples"], profile["timeDeltas"], strict=True):
         spent[where[node_id]] += delta_us / 1000.0
     spent.pop("(idle)", None)
     return dict(spent)
@@ -70,10 +70,10 @@ def one_tab(tab: Tab, url: str, settle_s: float, timeout_s: float) -> tuple[floa
 def summarise(kind: str, tabs: list[tuple[float, dict[str, float], float]]) -> list[dict[str, Any]]:
     views = [t[0] for t in tabs]
     busy = [sum(t[1].values()) for t in tabs]
-    names = sorted({n for t in tabs for n in t[1]}, key=lambda n: -statistics.median(t[1].get(n, 0.0) for t in tabs))
-    medians = {n: round(statistics.median(t[1].get(n, 0.0) for t in tabs), 1) for n in names}
-    shown = dict(list(medians.items())[:SHOWN])
-    shown["(other)"] = round(sum(list(medians.values())[SHOWN:]), 1)
+    medians = sorted(((n, statistics.median(t[1].get(n, 0.0) for t in tabs)) for n in {n for t in tabs for n in t[1]}),
+                     key=lambda item: -item[1])
+    shown = {n: round(ms, 1) for n, ms in medians[:SHOWN]}
+    shown["(other)"] = round(sum(ms for _, ms in medians[SHOWN:]), 1)
     return [
         row(f"views_ms_{kind}", statistics.median(views), "ms", per_tab=[round(v) for v in views],
             note="navigation start to Bokeh's views, median"),
