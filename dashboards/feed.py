@@ -105,7 +105,7 @@ class KafkaFeed:
                     if not self._assigned:
                         self._stop.wait(0.2)
                         continue
-                    msgs = consumer.consume(num_messages=self.max_messages, timeout=self.poll_timeout_s)
+                    msgs = self._next_batch(consumer)
                     if msgs:
                         self._dispatch(msgs)
                 except Exception:  # noqa: BLE001 - the feed must outlive broker hiccups and bad batches
@@ -118,6 +118,21 @@ class KafkaFeed:
             except KafkaException as err:  # closing a consumer whose broker is gone
                 log.warning("dashboard feed: close failed: %s", err)
             self._consumer = None
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        """What has arrived, handed over as soon as there is something: wait for one record, then take the
+        rest already fetched without waiting.
+
+        Not ``consume(n, timeout)`` alone: librdkafka returns from it only when ``n`` records are there or the
+        timeout has passed, so at the dashboard's rates every batch waited the whole timeout (measured against
+        tansu, records 50 ms apart: 133 ms p50 / 234 ms p95 from produce to hand-over; this way 24 / 50 ms).
+        """
+        first = consumer.poll(self.poll_timeout_s)
+        if first is None:
+            return []
+        if self.max_messages <= 1:
+            return [first]
+        return [first, *consumer.consume(num_messages=self.max_messages - 1, timeout=0)]
 
     def _discover(self, consumer: Consumer) -> bool:
         """Assign (from the beginning) partitions of wanted topics that appeared; True when all exist."""

@@ -80,3 +80,27 @@ def test_a_failing_handler_is_counted_and_the_feed_keeps_reading(broker: Embedde
     finally:
         feed.stop()
     assert not feed.running
+
+
+def test_a_record_is_handed_over_without_waiting_out_the_poll_timeout(broker: EmbeddedBroker) -> None:
+    # librdkafka's consume(n, timeout) returns only with n records or at the timeout: a feed built on it alone
+    # held every small batch for the whole timeout, which the dashboard's data-to-screen latency then carried
+    topic = f"feed-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic)
+    seen: list[tuple[bytes, float]] = []
+    feed = KafkaFeed({"bootstrap.servers": broker.bootstrap},
+                     {topic: lambda values, _stamps: seen.extend((v, time.monotonic()) for v in values)},
+                     poll_timeout_s=4.0)
+    feed.start()
+    try:
+        produce(broker.bootstrap, topic, [b"warm-up"])  # the first fetch after assign() is not what is measured
+        wait_until(lambda: len(seen) == 1)
+        sent = time.monotonic()
+        produce(broker.bootstrap, topic, [b"now"])
+        wait_until(lambda: len(seen) == 2)
+        assert seen[1][0] == b"now"
+        waited = seen[1][1] - sent
+        assert waited < 2.0, f"handed over {waited:.1f} s after it was produced: the feed waited out its timeout"
+    finally:
+        feed.stop()
+    assert not feed.running
