@@ -1,4 +1,5 @@
-"""A live time chart that a tab can afford to redraw ten times a second: streamed rows drawn on one canvas.
+"""A live chart that a tab can afford to redraw ten times a second: streamed rows drawn on one canvas, as lines
+over time or as bars over a number (a histogram, with a marked value such as the alert threshold).
 
 The rows still travel as Bokeh ``ColumnDataSource`` streams (one row per tick, only what changed crosses the
 websocket, and the browser test and benchmark read the same named source); only the drawing is ours
@@ -28,11 +29,18 @@ def line(column: str, label: str, color: str) -> dict[str, str]:
 
 
 class LiveChart(pn.custom.JSComponent):
-    """Lines over time from ``source`` (x: ``x``, epoch ms), redrawn on the browser's next frame after rows come."""
+    """Lines over time from ``source`` (x: ``x``, epoch ms), or bars (``kind="bars"``: each row from ``x`` to
+    ``x_to``, as high as its series' column), redrawn on the browser's next frame after rows come."""
 
     source = param.ClassSelector(class_=ColumnDataSource, doc="the streamed rows (shared with other charts)")
     series = param.List(default=[], doc="the lines: dicts made by line()")
-    x = param.String(default="t", doc="the time column, ms since the epoch (UTC)")
+    kind: param.Selector = param.Selector(default="lines", objects=["lines", "bars"], doc="lines over time, or bars over a number")
+    x = param.String(default="t", doc="the time column, ms since the epoch (UTC); bars: each bar's left edge")
+    x_to = param.String(default="", doc="bars: the column of each bar's right edge")
+    x_start = param.Number(default=None, allow_None=True, doc="a fixed start of the x axis (else the data's)")
+    x_end = param.Number(default=None, allow_None=True, doc="a fixed end of the x axis (else the data's)")
+    marker = param.Number(default=None, allow_None=True, doc="an x value drawn as a dashed line (None: none)")
+    marker_color = param.String(default="#d62728")
     heading = param.String(default="", doc="the title drawn above the chart")
     y_label = param.String(default="", doc="the y axis, with its unit")
     x_label = param.String(default="time (UTC)")
@@ -42,6 +50,9 @@ class LiveChart(pn.custom.JSComponent):
     _esm = Path(__file__).with_name("livechart.js")
 
     def __init__(self, **params: Any) -> None:
+        if params.get("kind") == "bars" and not params.get("x_to"):
+            msg = "LiveChart: kind='bars' needs x_to, the column of each bar's right edge"
+            raise ValueError(msg)
         params.setdefault("sizing_mode", "stretch_width")
         params.setdefault("height", params.get("chart_height", LiveChart.param["chart_height"].default))
         super().__init__(**params)

@@ -321,8 +321,9 @@ def test_overview_renders_updates_and_fills_the_alerts_table(world: World, tab: 
     wait_until(lambda: dead.count() == 1 and "invalid_json" in dead.inner_text(), "dead letters by reason")
     assert (tab.source("live-histogram", "count") or {}).get("sum", 0) > 0
     events = number(tab.kpi("events scored"))
-    charts = tab.page.locator("canvas.iso-livechart")  # dashboards/livechart.py: throughput, anomalies, latency, lag
-    assert charts.count() == 4
+    # dashboards/livechart.py: throughput, anomalies (the fast two), the score histogram, latency, lag
+    charts = tab.page.locator("canvas.iso-livechart")
+    assert charts.count() == 5
     fast = [paints(charts.nth(i)) for i in range(2)]
     first = tab.shot(artifacts, "overview-1")
 
@@ -691,3 +692,64 @@ def test_livechart_draws_a_long_line_as_its_extremes_per_pixel(context: BrowserC
     assert out["moves"] == 2  # the start, and again after the missing values: the gap is not bridged
     assert out["same_extremes"]  # every pixel column spans what the 3,000 points span: the same picture
     assert out["first"][:1] == ["M"] and out["last"][1:] == out["expected_last"]
+
+
+BARS_JS = """async ([code, marker, n]) => {
+  const url = "data:text/javascript;base64," + btoa(code);
+  const {paint} = await import(url);
+  document.body.innerHTML = '<canvas style="display:block;width:400px;height:220px"></canvas>';
+  const canvas = document.querySelector("canvas");
+  const real = canvas.getContext("2d");
+  const calls = [];  // each drawing call, with the colours it was made in
+  const ctx = new Proxy(real, {
+    get(target, prop) {
+      const v = target[prop];
+      if (typeof v !== "function") return v;
+      return (...args) => {
+        calls.push([prop, args, target.fillStyle, target.strokeStyle, target.textAlign]);
+        return v.apply(target, args);
+      };
+    },
+    set(target, prop, value) { target[prop] = value; return true; },
+  });
+  const left = [], right = [], count = [];
+  for (let i = 0; i < n; i++) { left.push(i / n); right.push((i + 1) / n); count.push(i === 3 ? 0 : 10 + i); }
+  const src = {data: {left, right, count}, get_length: () => n};
+  const model = {kind: "bars", heading: "Recent scores", x: "left", x_to: "right", x_start: 0, x_end: 1,
+                 series: [{column: "count", label: "events", color: "#1f77b4"}], marker, marker_color: "#d62728",
+                 x_label: "anomaly score", y_label: "events", empty_text: "waiting"};
+  paint(canvas, ctx, model, src);
+  calls.length = 0;  // the second paint: it starts from the first one's context settings, as a live chart does
+  const drawn = paint(canvas, ctx, model, src);
+  const heading = calls.find((c) => c[0] === "fillText" && c[1][0] === model.heading);
+  const bars = calls.filter((c) => c[0] === "fillRect" && c[2] === "#1f77b4").map((c) => c[1]);
+  const dashed = calls.findIndex((c) => c[0] === "setLineDash" && c[1][0].length > 0);
+  const markerAt = dashed >= 0 ? calls.slice(dashed).find((c) => c[0] === "moveTo") : null;
+  return {drawn, bars, heading_align: heading ? heading[4] : null, marker_x: markerAt ? markerAt[1][0] : null,
+          marker_colour: markerAt ? markerAt[3] : null,
+          texts: calls.filter((c) => c[0] === "fillText").map((c) => String(c[1][0]))};
+}"""
+
+
+def test_livechart_draws_bars_over_a_fixed_range_and_marks_the_threshold(context: BrowserContext) -> None:
+    code = (Path(__file__).parents[2] / "dashboards" / "livechart.js").read_text()
+    page = context.new_page()
+    try:
+        marked = page.evaluate(BARS_JS, [code, 0.7, 20])
+        unmarked = page.evaluate(BARS_JS, [code, None, 20])
+        empty = page.evaluate(BARS_JS, [code, 0.7, 0])
+    finally:
+        page.close()
+    assert marked["drawn"]
+    assert marked["heading_align"] == "left"  # a repaint once drew it centred on the plot's left edge, cut off
+    # 20 bins, one of them empty: 19 bars, side by side from x = 0 to 1 (the plot's 62..388 px)
+    assert len(marked["bars"]) == 19, marked["bars"]
+    lefts = sorted(b[0] for b in marked["bars"])
+    assert lefts[0] == pytest.approx(62.5, abs=0.01)
+    assert max(b[0] + b[2] for b in marked["bars"]) == pytest.approx(387.5, abs=0.6)
+    assert all(b[3] > 0 for b in marked["bars"])  # from the axis up
+    assert marked["marker_x"] == pytest.approx(290.5)  # round(62 + 0.7 × 326) + 0.5: the threshold
+    assert marked["marker_colour"] == "#d62728"
+    assert {"0.0", "0.5", "1.0", "anomaly score", "events"} <= set(marked["texts"]), marked["texts"]
+    assert unmarked["marker_x"] is None and len(unmarked["bars"]) == 19
+    assert empty["bars"] == [] and "waiting" in empty["texts"]

@@ -101,7 +101,8 @@ def test_overview_numbers_histogram_and_alerts_follow_the_data(hub: Hub, clock: 
     view.update()
     assert ">40<" in view._kpis.object and "dp-1" in view._alerts.object
     assert 'href="/keys?key=dp-1&amp;at=' in view._alerts.object or 'href="/keys?key=dp-1&at=' in view._alerts.object
-    assert sum(view.hist.data["count"]) == 40 and "threshold 0.700" in view._hist_fig.title.text
+    assert sum(view.hist.data["count"]) == 40 and "threshold 0.700" in view._hist.heading
+    assert view._hist.marker == pytest.approx(0.7)  # the dashed line on the histogram
 
 
 def test_key_selector_switches_the_plots(hub: Hub, clock: Clock) -> None:

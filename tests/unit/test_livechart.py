@@ -32,3 +32,13 @@ def test_height_and_empty_text_default_and_validate() -> None:
     assert chart.empty_text.startswith("waiting")
     with pytest.raises(ValueError, match="chart_height"):
         LiveChart(chart_height=10)
+
+
+def test_bars_need_their_right_edges() -> None:
+    with pytest.raises(ValueError, match="x_to"):
+        LiveChart(source=ColumnDataSource({"left": [], "count": []}), kind="bars", x="left")
+    chart = LiveChart(source=ColumnDataSource({"left": [], "right": [], "count": []}), kind="bars", x="left",
+                      x_to="right", x_start=0.0, x_end=1.0, marker=None)
+    assert chart.kind == "bars" and chart.marker is None
+    with pytest.raises(ValueError):
+        LiveChart(kind="pie")
