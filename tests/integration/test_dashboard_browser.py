@@ -679,13 +679,18 @@ TRACE_JS = """async ([code, n, width]) => {
 }"""
 
 
-def test_livechart_draws_a_long_line_as_its_extremes_per_pixel(context: BrowserContext) -> None:
+def run_livechart_js(context: BrowserContext, script: str, *calls: list[Any]) -> list[Any]:
+    """``script`` (given livechart.js's code first, then each of ``calls``' arguments) run in a fresh page."""
     code = (Path(__file__).parents[2] / "dashboards" / "livechart.js").read_text()
     page = context.new_page()
     try:
-        out = page.evaluate(TRACE_JS, [code, 3000, 300])
+        return [page.evaluate(script, [code, *args]) for args in calls]
     finally:
         page.close()
+
+
+def test_livechart_draws_a_long_line_as_its_extremes_per_pixel(context: BrowserContext) -> None:
+    [out] = run_livechart_js(context, TRACE_JS, [3000, 300])
     # 3,000 points over 300 px, one missing pair: at most 4 points per column, and one more column-start
     # where the line breaks (each side of the gap has its own column's points)
     assert out["most_per_column"] <= 8 and out["calls"] <= 4 * 301 + 4, out
@@ -732,14 +737,7 @@ BARS_JS = """async ([code, marker, n]) => {
 
 
 def test_livechart_draws_bars_over_a_fixed_range_and_marks_the_threshold(context: BrowserContext) -> None:
-    code = (Path(__file__).parents[2] / "dashboards" / "livechart.js").read_text()
-    page = context.new_page()
-    try:
-        marked = page.evaluate(BARS_JS, [code, 0.7, 20])
-        unmarked = page.evaluate(BARS_JS, [code, None, 20])
-        empty = page.evaluate(BARS_JS, [code, 0.7, 0])
-    finally:
-        page.close()
+    marked, unmarked, empty = run_livechart_js(context, BARS_JS, [0.7, 20], [None, 20], [0.7, 0])
     assert marked["drawn"]
     assert marked["heading_align"] == "left"  # a repaint once drew it centred on the plot's left edge, cut off
     # 20 bins, one of them empty: 19 bars, side by side from x = 0 to 1 (the plot's 62..388 px)
