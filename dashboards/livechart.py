@@ -34,7 +34,8 @@ class LiveChart(pn.custom.JSComponent):
 
     source = param.ClassSelector(class_=ColumnDataSource, doc="the streamed rows (shared with other charts)")
     series = param.List(default=[], doc="the lines: dicts made by line()")
-    kind: param.Selector = param.Selector(default="lines", objects=["lines", "bars"], doc="lines over time, or bars over a number")
+    kind: param.Selector = param.Selector(default="lines", objects=["lines", "bars"],
+                                          doc="lines over time, or bars over a number")
     x = param.String(default="t", doc="the time column, ms since the epoch (UTC); bars: each bar's left edge")
     x_to = param.String(default="", doc="bars: the column of each bar's right edge")
     x_start = param.Number(default=None, allow_None=True, doc="a fixed start of the x axis (else the data's)")
