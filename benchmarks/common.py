@@ -20,6 +20,11 @@ def row(name: str, value: float, unit: str, baseline: str | None = None,
     return out
 
 
+def skipped(reason: str, **extra: Any) -> dict[str, Any]:
+    """The one row of a benchmark that cannot run here: no value, and ``reason`` saying what is missing."""
+    return row("skipped", None, "skipped", skipped=True, reason=reason, **extra)  # type: ignore[arg-type]
+
+
 def write_results(path: str | Path, benchmark: str, rows: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
     """Write the rows with the run's settings and machine facts; returns the path."""
     p = Path(path)

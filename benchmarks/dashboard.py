@@ -98,7 +98,7 @@ from benchmarks._dashboard_measures import (
     seq_stats,
     slope_per_min,
 )
-from benchmarks.common import row, write_results
+from benchmarks.common import row, skipped, write_results
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -980,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     if chromium is None:
         reason = no_chromium(args.chromium)
         log(f"skipped: {reason}")
-        rows = [row("skipped", None, "skipped", skipped=True, reason=reason)]  # type: ignore[arg-type]
+        rows = [skipped(reason)]
         return _finish(args.out, rows, settings, started)
     settings["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
     rows, facts, error = run(s, chromium, args.keep)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._browser import Browser, Tab, find_chromium, no_chromium
-from benchmarks.common import finish, row
+from benchmarks.common import finish, row, skipped
 
 HERE = Path(__file__).resolve().parent
 #: true once Bokeh has built the page's views; its value is ms since navigation started
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if chromium is None:
         reason = no_chromium(args.chromium)
         log(f"skipped: {reason}")
-        rows = [row("skipped", None, "skipped", skipped=True, reason=reason)]  # type: ignore[arg-type]
+        rows = [skipped(reason)]
     else:
         rows = run(chromium, tabs, args.path, args.settle_s, timeout_s=60.0)
     return finish(args.out, "dashboard_tab", rows, settings, started, log=log)
