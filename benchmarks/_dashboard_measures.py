@@ -203,6 +203,10 @@ class ServerStatus:
     closed_tab_writes: int | None = None
     ticking: int | None = None
     update_delay_p95_ms: float | None = None
+    #: the server's feed: p95 of ms from a consumed batch's newest Kafka timestamp to its hand-over, and of
+    #: ms its handlers took (where data-to-screen goes before the server's clock)
+    feed_delay_p95_ms: float | None = None
+    feed_handler_p95_ms: float | None = None
 
 
 #: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
@@ -245,6 +249,11 @@ def parse_status(doc: Any) -> ServerStatus:
     delay = doc.get("update_delay_ms")
     if isinstance(delay, dict) and delay.get("p95") is not None:
         extra["update_delay_p95_ms"] = _number(delay, "p95", "update_delay_ms", float)
+    feed = doc.get("feed")
+    for part, name in (("delay_ms", "feed_delay_p95_ms"), ("handler_ms", "feed_handler_p95_ms")):
+        got = feed.get(part) if isinstance(feed, dict) else None
+        if isinstance(got, dict) and got.get("p95") is not None:
+            extra[name] = _number(got, "p95", f"feed.{part}", float)
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
 
 

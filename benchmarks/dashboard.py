@@ -731,6 +731,7 @@ class Run:
         per_viewer: list[tuple[float, int]] = []
         latency: list[float] = []
         tick: list[float] = []
+        to_tick: list[float] = []  # the scores record's Kafka timestamp to the tick that counted it
         frames: list[float] = []
         painted = total = 0
         w0, w1 = self.load_wall_ms
@@ -741,6 +742,7 @@ class Run:
             frames.append(frames_per_s(rows, t1 - t0))
             latency += [r.screen_ms - r.kafka_ts_ms for r in rows if r.kafka_ts_ms is not None]
             tick += [r.screen_ms - r.t_ms for r in rows if r.t_ms is not None]
+            to_tick += [r.t_ms - r.kafka_ts_ms for r in rows if r.t_ms is not None and r.kafka_ts_ms is not None]
             painted += sum(r.painted_ms is not None for r in rows)
             total += len(rows)
         rates = [r for r, _ in per_viewer]
@@ -775,12 +777,17 @@ class Run:
                 self.rows.append(goal_row(f"{name}_server", float(ends[1] - ends[0]), unit,
                                           MISSED_GOAL if name == "update_errors" else None,
                                           note="the server's own count over the phase"))
-        delays = [x.update_delay_p95_ms for x in st if x.update_delay_p95_ms is not None]
-        self.rows.append(goal_row("update_delay_p95_ms_server", float(np.median(delays)) if delays else None, "ms",
-                                  why_missing="the server reports no update delays", max=max(delays, default=None),
-                                  samples=len(delays),
-                                  note="how long a page's update waited for the server's event loop after its "
-                                       "tick: the median over the phase of the server's p95 of its last 1,000"))
+        for name, why, note in (
+                ("update_delay_p95_ms", "the server reports no update delays",
+                 "how long a page's update waited for the server's event loop after its tick"),
+                ("feed_delay_p95_ms", "the server reports no feed delays",
+                 "from a consumed batch's newest Kafka timestamp to the server's feed handing it over"),
+                ("feed_handler_p95_ms", "the server reports no feed handler times",
+                 "how long the server's feed took to fold a consumed batch into the live state")):
+            got = [getattr(x, name) for x in st if getattr(x, name) is not None]
+            self.rows.append(goal_row(f"{name}_server", float(np.median(got)) if got else None, "ms", why_missing=why,
+                                      max=max(got, default=None), samples=len(got),
+                                      note=f"{note}: the median over the phase of the server's p95 of its last 1,000"))
         answer = quantiles([ms for t, ms in self.stack.status_ms if t0 <= t <= t1])
         self.rows.append(goal_row("status_json_p95_ms", answer["p95"], "ms", why_missing="no /status.json",
                                   max=answer["max"], n=answer["n"], timeouts_whole_run=self.stack.status_timeouts,
@@ -813,7 +820,7 @@ class Run:
                      phases_p50=phase_medians(self.probe_phases), phases=self.probe_phases),
             goal_row("first_plot_new_viewer_max_ms", q["max"], "ms", FIRST_PLOT_GOAL, why_missing="no probes"),
         ]
-        lq, tq = quantiles(latency), quantiles(tick)
+        lq, tq, dq = quantiles(latency), quantiles(tick), quantiles(to_tick)
         self.rows += [
             goal_row("data_to_screen_p95_ms", lq["p95"], "ms", LATENCY_GOAL, why_missing=no_rows or "no kafka_ts_ms",
                      rows=int(lq["n"] or 0), painted_share=round(painted / total, 4) if total else None),
@@ -822,6 +829,9 @@ class Run:
             goal_row("tick_to_screen_p50_ms", tq["p50"], "ms", why_missing=no_rows),
             goal_row("tick_to_screen_p95_ms", tq["p95"], "ms", why_missing=no_rows),
             goal_row("tick_to_screen_p99_ms", tq["p99"], "ms", why_missing=no_rows),
+            goal_row("data_to_tick_p50_ms", dq["p50"], "ms", why_missing=no_rows,
+                     note="the scores record's Kafka timestamp to the end of the server tick that counted it"),
+            goal_row("data_to_tick_p95_ms", dq["p95"], "ms", why_missing=no_rows),
         ]
         rss = [(x["t"], x["rss"] / MB) for x in smp.between(t0, t1) if x["rss"] is not None]
         idle_rss = [x["rss"] / MB for x in smp.between(*idle) if x["rss"] is not None]

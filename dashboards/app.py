@@ -106,6 +106,7 @@ class _StatusHandler(RequestHandler):
                "cpu_s": cpu.user + cpu.system, "consuming": self.hub.state.running,
                "bad_records": self.hub.state.bad_records, "keys_tracked": self.hub.state.key_list(0)[0],
                "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0,
+               "feed": self.hub.state.feed.timing() if self.hub.state.feed is not None else None,
                "closed_tab_writes": CLOSED_TAB_WRITES.count}
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")

@@ -19,13 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import numpy as np
-
 from dashboards.state import LiveState
+from dashboards.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ class Broadcaster:
         self._slots: dict[int, _Slot] = {}
         self.created = self.loaded = self.destroyed = self.errors = 0
         self._missed_gone = self._coalesced_gone = self._held_gone = 0  # of pages that have gone
-        self._delays: deque[float] = deque(maxlen=DELAYS_KEPT)  # ms from a tick to its update running
+        self._delays = Timings(DELAYS_KEPT)  # ms from a tick to its update running
         self.late_ticks = 0  # ticks this thread could not close on time (it was starved of CPU)
         self.abandoned = 0  # updates dropped because their browser had gone (its rows are not owed to anyone)
         self._stop = threading.Event()
@@ -115,7 +113,6 @@ class Broadcaster:
         """Sessions and tick accounting, for ``/status.json`` and the pages' status line."""
         with self._lock:
             pages = [s.page for s in self._slots.values()]
-            delays = np.array(list(self._delays))  # list(): one C call, safe beside appends
             return {
                 "sessions": {"live": self.created - self.destroyed, "created": self.created, "loaded": self.loaded,
                              "destroyed": self.destroyed, "ticking": len(pages)},
@@ -125,10 +122,7 @@ class Broadcaster:
                 "missed_updates": self._missed_gone + sum(p.missed for p in pages),
                 "coalesced_updates": self._coalesced_gone + sum(p.coalesced for p in pages),
                 "held_updates": self._held_gone + sum(p.held for p in pages),
-                "update_delay_ms": {
-                    "n": int(delays.size),
-                    **{k: round(float(np.percentile(delays, q)), 1) if delays.size else None
-                       for k, q in (("p50", 50), ("p95", 95), ("max", 100))}},
+                "update_delay_ms": self._delays.summary(),
                 "update_errors": self.errors,
                 "abandoned_updates": self.abandoned,
             }
@@ -190,7 +184,7 @@ class Broadcaster:
 
     def _update(self, slot: _Slot) -> None:
         slot.pending = False
-        self._delays.append((time.monotonic() - slot.queued_at) * 1000.0)  # deque.append: atomic, no lock
+        self._delays.add((time.monotonic() - slot.queued_at) * 1000.0)
         if not _connected(slot.doc):
             self.abandoned += 1  # the browser left between the tick and this update
             return

@@ -18,6 +18,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from dashboards.timings import Timings
+
 log = logging.getLogger(__name__)
 
 #: ``handler(values, timestamps_s)`` for one topic's share of a consumed batch
@@ -56,6 +58,10 @@ class KafkaFeed:
         self.poll_timeout_s = poll_timeout_s
         self.metadata_interval_s = metadata_interval_s
         self.errors = 0  # broker / handler errors survived (read by tests and the KPI row)
+        # where data-to-screen latency goes before the dashboard's clock: a batch's newest Kafka timestamp to
+        # its hand-over (the broker, the producer's transaction, this thread), and how long its handlers took
+        self.delays = Timings()
+        self.handling = Timings()
         self._assigned: set[tuple[str, int]] = set()
         self._unreachable = False
         self._stop = threading.Event()
@@ -178,6 +184,7 @@ class KafkaFeed:
     def _dispatch(self, msgs: list[Message]) -> None:
         by_topic: dict[str, tuple[list[bytes], list[float]]] = {}
         wall = time.time()
+        newest = 0
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -186,12 +193,22 @@ class KafkaFeed:
                     log.warning("dashboard feed: %s", err)
                 continue
             _kind, ts_ms = m.timestamp()
+            newest = max(newest, ts_ms)
             values, stamps = by_topic.setdefault(str(m.topic()), ([], []))
             values.append(m.value() or b"")  # a tombstone is a bad record, counted by the handler
             stamps.append(ts_ms / 1000.0 if ts_ms > 0 else wall)
+        if newest > 0:
+            self.delays.add(wall * 1000.0 - newest)
+        started = time.perf_counter()
         for topic, (values, stamps) in by_topic.items():
             try:
                 self.handlers[topic](values, stamps)
             except Exception:  # noqa: BLE001 - one broken batch must not stop the charts
                 self.errors += 1
                 log.exception("dashboard feed: handler for %r failed on %d records", topic, len(values))
+        if by_topic:
+            self.handling.add((time.perf_counter() - started) * 1000.0)
+
+    def timing(self) -> dict[str, dict[str, float | int | None]]:
+        """Recent batches: ms from the newest record's Kafka timestamp to hand-over, and in the handlers."""
+        return {"delay_ms": self.delays.summary(), "handler_ms": self.handling.summary()}

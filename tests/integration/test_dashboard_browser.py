@@ -570,7 +570,9 @@ def test_a_bad_record_is_skipped_and_the_page_keeps_updating(topics: Topics, fee
     events = wait_until(lambda: tab.kpi("events scored") not in ("", "–") and number(tab.kpi("events scored")),
                         "the events KPI")
     wait_until(lambda: number(tab.kpi("events scored")) > events, "the page still updating")
-    assert status(server)["feed_errors"] == 0
+    st = status(server)
+    assert st["feed_errors"] == 0
+    assert st["feed"]["delay_ms"]["n"] > 0 and st["feed"]["handler_ms"]["n"] > 0  # the server says how fresh
     assert tab.errors == []
 
 

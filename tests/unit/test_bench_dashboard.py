@@ -131,6 +131,11 @@ def test_parse_status_reads_the_contract() -> None:
     more = parse_status({**STATUS, "held_updates": 7, "update_delay_ms": {"n": 9, "p50": 3.5, "p95": 41.0}})
     assert (more.held_updates, more.update_delay_p95_ms) == (7, 41.0)
     assert parse_status({**STATUS, "update_delay_ms": {"n": 0, "p95": None}}).update_delay_p95_ms is None
+    feed = parse_status({**STATUS, "feed": {"delay_ms": {"n": 4, "p95": 120.5}, "handler_ms": {"n": 4, "p95": 9.0}}})
+    assert (feed.feed_delay_p95_ms, feed.feed_handler_p95_ms) == (120.5, 9.0)
+    assert parse_status({**STATUS, "feed": None}).feed_delay_p95_ms is None  # a server without a feed
+    with pytest.raises(BenchError, match="feed.delay_ms"):
+        parse_status({**STATUS, "feed": {"delay_ms": {"p95": -1}}})
 
 
 @pytest.mark.parametrize(("doc", "message"), [
