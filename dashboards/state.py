@@ -44,7 +44,7 @@ from dashboards.records import (
     parse_window,
 )
 from dashboards.ticks import Tick, TickRing
-from engine.outputs import ScoresFormatError, decode_scores, is_arrow_scores, read_json_scores
+from engine.outputs import ScoresFormatError, decode_scores, is_arrow_scores
 from engine.telemetry import LatencyHistogram, MetricsHub, TelemetryError, read_metrics_record
 
 T = TypeVar("T")
@@ -596,25 +596,16 @@ def _scores_frame(records: list[RawRecord], stamps: list[float], values: Sequenc
     rows: list[dict[str, Any]] = []
     row_ts: list[float] = []
     bad = 0
-    texts: list[tuple[RawRecord, float]] = []
     for raw, stamp in zip(records, stamps, strict=True):
-        if not is_arrow_scores(raw):
-            texts.append((raw, stamp))
+        if is_arrow_scores(raw):
+            try:
+                f = decode_scores(raw)
+            except ScoresFormatError:
+                bad += 1
+                continue
+            f["_ts_ms"] = stamp * 1000.0
+            frames.append(f)
             continue
-        try:
-            f = decode_scores(raw)
-        except ScoresFormatError:
-            bad += 1
-            continue
-        f["_ts_ms"] = stamp * 1000.0
-        frames.append(f)
-    raws = [r for r, _ in texts if isinstance(r, bytes)]
-    together = read_json_scores(raws, tuple(values)) if texts and len(raws) == len(texts) else None
-    if together is not None:  # the usual case: every record fits, one parse
-        together["_ts_ms"] = np.array([ts for _, ts in texts]) * 1000.0
-        frames.append(together)
-        texts = []
-    for raw, stamp in texts:  # one by one: the bad records among them are counted
         rec = as_dict(raw)
         score = rec.get("score") if rec is not None else None
         if rec is None or isinstance(score, bool) or not isinstance(score, int | float) or not np.isfinite(score):

@@ -8,7 +8,6 @@ The ``scores`` topic carries one of two formats (docs/architecture.md), and :fun
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Mapping
@@ -19,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
 from streams.jsonl import to_json_lines
 
@@ -319,35 +317,6 @@ def decode_scores(value: bytes | bytearray) -> pd.DataFrame:
     except (pa.ArrowException, ValueError) as exc:
         msg = f"decode_scores: the Arrow scores record has {table.schema}, not the scores types: {exc}"
         raise ScoresFormatError(msg) from exc
-    return table.to_pandas()
-
-
-def read_json_scores(values: list[bytes], value_fields: tuple[str, ...] = ()) -> pd.DataFrame | None:
-    """Many JSON ``scores`` records in one pyarrow parse: one row each, the :data:`SCORES_SCHEMA` fields but
-    ``partition`` and ``offset``, with ``event_time`` as its text, then ``value_fields`` as float64.
-
-    None when any record does not fit those types or is not one JSON object on one line: the caller then
-    reads them one by one, and counts the bad ones. A missing field is null.
-
-    >>> read_json_scores([b'{"key": "k", "score": 0.7, "value": 3}', b'{"score": 0.1}'], ("value",)).to_dict("list")["value"]
-    [3.0, nan]
-    >>> read_json_scores([b'{"score": true}']) is None
-    True
-    """
-    # pyarrow parses without the GIL: a dashboard's feed thread holding it for json.loads per record kept its
-    # event loop (the viewers' updates) waiting
-    types = {f.name: pa.string() if f.name == "event_time" else f.type for f in SCORES_SCHEMA
-             if f.name not in ("partition", "offset")}
-    schema = pa.schema([*types.items(), *((name, pa.float64()) for name in value_fields if name not in types)])
-    try:
-        table = pajson.read_json(
-            io.BytesIO(b"\n".join(values)),
-            read_options=pajson.ReadOptions(use_threads=False, block_size=max(1 << 20, sum(map(len, values)) + 1)),
-            parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        return None
-    if table.num_rows != len(values):  # an empty record, or one spread over lines, is not one row each
-        return None
     return table.to_pandas()
 
 

@@ -196,23 +196,6 @@ def test_bad_score_records_are_skipped_and_counted(state: LiveState, bad: bytes)
     assert state.bad_records["scores"] == 1 and state.scores_in_histogram == 1
 
 
-def test_a_batch_of_json_scores_reads_the_same_in_one_parse_as_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dashboards.state as state_module
-
-    batch = [score_rec(0.9, anomaly=True, key="a", value=3.5, at="2027-01-15T08:00:01.250Z"),
-             score_rec(0.2, key="b", value=-1.0),
-             b'{"score": 0.4, "extra": "ignored"}',  # fields missing: null key, no time, no value
-             json.dumps({"key": "c", "score": 1, "event_time": "not a time", "value": None}).encode(),
-             b'{"score": null, "key": "d"}']  # no score: bad
-    stamps = [1_800_000_000.0 + i for i in range(len(batch))]
-    assert state_module.read_json_scores(batch, ("value",)) is not None  # every record fits: one parse
-    together, bad = state_module._scores_frame(batch, stamps, ("value",))
-    monkeypatch.setattr(state_module, "read_json_scores", lambda *_: None)  # the one-by-one reading
-    alone, bad_alone = state_module._scores_frame(batch, stamps, ("value",))
-    assert bad == bad_alone == 1 and len(together) == 4
-    pd.testing.assert_frame_equal(together, alone, check_dtype=False)
-
-
 def test_bad_records_of_every_topic_are_counted_never_raised(state: LiveState) -> None:
     state.ingest_stats([b"{}", b"nope", json.dumps({"kind": "window", "count": 3}).encode()])
     state.ingest_alerts([b'{"no": "score"}'])
