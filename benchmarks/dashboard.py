@@ -12,8 +12,10 @@ protocol (``benchmarks/_browser.py``) without ever waiting on a busy tab. Phases
    steady load. Each page carries a collector (installed before the page's own scripts) that watches the
    Bokeh ``ColumnDataSource`` named ``live-timeline``: every new row's ``seq`` (gaps = ticks this viewer
    missed), the time it arrived and the next animation frame after it (``Date.now()``), against the row's
-   ``kafka_ts_ms`` (data-to-screen: the engine's own ingest-to-commit time included, as an operator sees it)
-   and ``t`` (tick-to-screen). JS heap per tab (``Performance.getMetrics``) every few seconds; the server's
+   ``kafka_ts_ms`` (data-to-screen: from the Kafka timestamp of the newest ``scores`` record the row counted,
+   which the engine's producer stamps when it writes the record at its commit; the engine's own latency, Kafka
+   in to committed, comes before that and is not in it) and ``t`` (tick-to-screen; data-to-tick is the
+   difference). JS heap per tab (``Performance.getMetrics``) every few seconds; the server's
    RSS and ``/status.json`` every two. ``--probes`` extra viewers open one at a time during the phase:
    "a new viewer under load", time from navigation start to the timeline holding a row with every root view
    rendered.
