@@ -246,14 +246,12 @@ def parse_status(doc: Any) -> ServerStatus:
     extra = {k: _number(doc, k, "status", int) for k in EXTRA_COUNTS if doc.get(k) is not None}
     if sessions.get("ticking") is not None:
         extra["ticking"] = _number(sessions, "ticking", "sessions", int)
-    delay = doc.get("update_delay_ms")
-    if isinstance(delay, dict) and delay.get("p95") is not None:
-        extra["update_delay_p95_ms"] = _number(delay, "p95", "update_delay_ms", float)
-    feed = doc.get("feed")
-    for part, name in (("delay_ms", "feed_delay_p95_ms"), ("handler_ms", "feed_handler_p95_ms")):
-        got = feed.get(part) if isinstance(feed, dict) else None
-        if isinstance(got, dict) and got.get("p95") is not None:
-            extra[name] = _number(got, "p95", f"feed.{part}", float)
+    feed = doc.get("feed") if isinstance(doc.get("feed"), dict) else {}
+    for where, summary, name in (("update_delay_ms", doc.get("update_delay_ms"), "update_delay_p95_ms"),
+                                 ("feed.delay_ms", feed.get("delay_ms"), "feed_delay_p95_ms"),
+                                 ("feed.handler_ms", feed.get("handler_ms"), "feed_handler_p95_ms")):
+        if isinstance(summary, dict) and summary.get("p95") is not None:
+            extra[name] = _number(summary, "p95", where, float)
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
 
 
