@@ -194,13 +194,15 @@ class ServerStatus:
     cpu_s: float
     #: beyond the contract, read when the server reports them (isostream's does): ticks its clock closed
     #: late, updates folded into the next one (of them, held back for a browser behind), updates that
-    #: raised, writes to tabs that had just closed (counted, not logged as errors), pages being ticked, and
-    #: the p95 of how long recent updates waited for the server's event loop after their tick
+    #: raised, writes to tabs that had just closed and messages from them (counted, not logged as errors),
+    #: pages being ticked, and the p95 of how long recent updates waited for the server's event loop after
+    #: their tick
     late_ticks: int | None = None
     coalesced_updates: int | None = None
     held_updates: int | None = None
     update_errors: int | None = None
     closed_tab_writes: int | None = None
+    closed_tab_messages: int | None = None
     ticking: int | None = None
     update_delay_p95_ms: float | None = None
     #: the server's feed: p95 of ms from a consumed batch's newest Kafka timestamp to its hand-over, and of
@@ -211,7 +213,7 @@ class ServerStatus:
 
 #: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
 EXTRA_COUNTS = {"late_ticks": "ticks", "coalesced_updates": "ticks", "held_updates": "ticks",
-                "update_errors": "ticks", "closed_tab_writes": "writes"}
+                "update_errors": "ticks", "closed_tab_writes": "writes", "closed_tab_messages": "messages"}
 
 
 def _number(doc: dict[str, Any], key: str, where: str, kind: type) -> Any:

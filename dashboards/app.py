@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import panel as pn
@@ -64,32 +65,52 @@ def routes(hub: Hub) -> dict[str, Callable[[], Any]]:
     }
 
 
-class ClosedTabWrites(logging.Filter):
-    """Counts, and keeps out of the log, Tornado's writes to a tab that closed mid-message.
+def _write_to_closed_tab(exc: BaseException) -> bool:
+    """Tornado's error for a message sent to a websocket that had closed."""
+    return isinstance(exc, (WebSocketClosedError, StreamClosedError))
 
-    Bokeh sends each update from a task nobody awaits; when the tab has just gone, asyncio logs the
-    task's ``WebSocketClosedError`` as an ERROR with a traceback ("Task exception was never retrieved").
-    Nothing is wrong (the session ends as its socket closed), so an operator should not be paged for it;
-    ``/status.json`` reports the count instead. Every other record passes.
+
+def _message_from_closed_tab(exc: BaseException) -> bool:
+    """Bokeh's ``ServerConnection.session`` assertion: a message arrived from a tab whose session was detached."""
+    if not isinstance(exc, AssertionError) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return code.co_name == "session" and Path(code.co_filename).parts[-3:] == ("bokeh", "server", "connection.py")
+
+
+class ClosedTabErrors(logging.Filter):
+    """Counts, and keeps out of the log, the errors that only say a tab has just gone.
+
+    Two libraries log one as an ERROR with a traceback. Bokeh sends each update from a task nobody awaits, and
+    when the tab has gone, asyncio logs the task's ``WebSocketClosedError`` ("Task exception was never
+    retrieved"). And a message from a tab that is closing (an acknowledgement, Panel's browser-info
+    properties) can wait for the document's lock while Bokeh drops the connection; handling it then fails
+    Bokeh's own ``assert self._session is not None``. Nothing is wrong in either case (the session ends as
+    its socket closed), so an operator should not be paged; ``/status.json`` reports the counts instead.
+    Every other record passes.
     """
 
-    CLOSED = (WebSocketClosedError, StreamClosedError)
-
-    def __init__(self) -> None:
+    def __init__(self, matches: Callable[[BaseException], bool]) -> None:
         super().__init__()
+        self.matches = matches
         self.count = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, self.CLOSED):
+        if exc is not None and self.matches(exc):
             self.count += 1
             return False
         return True
 
 
-#: one per process: asyncio's logger is, too
-CLOSED_TAB_WRITES = ClosedTabWrites()
+#: one each per process, as the loggers they filter
+CLOSED_TAB_WRITES = ClosedTabErrors(_write_to_closed_tab)
+CLOSED_TAB_MESSAGES = ClosedTabErrors(_message_from_closed_tab)
 logging.getLogger("asyncio").addFilter(CLOSED_TAB_WRITES)
+logging.getLogger("bokeh.server.protocol_handler").addFilter(CLOSED_TAB_MESSAGES)
 
 
 class _StatusHandler(RequestHandler):
@@ -107,7 +128,7 @@ class _StatusHandler(RequestHandler):
                "bad_records": self.hub.state.bad_records, "keys_tracked": self.hub.state.key_list(0)[0],
                "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0,
                "feed": self.hub.state.feed.timing() if self.hub.state.feed is not None else None,
-               "closed_tab_writes": CLOSED_TAB_WRITES.count}
+               "closed_tab_writes": CLOSED_TAB_WRITES.count, "closed_tab_messages": CLOSED_TAB_MESSAGES.count}
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(doc))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tornado.websocket import WebSocketClosedError
 
-from dashboards.app import CLOSED_TAB_WRITES, auth_options, routes, websocket_origins
+from dashboards.app import CLOSED_TAB_MESSAGES, CLOSED_TAB_WRITES, auth_options, routes, websocket_origins
 from dashboards.broadcast import Broadcaster
 from dashboards.hub import Hub
 from dashboards.incidents_page import IncidentsPage, incidents_html
@@ -326,6 +326,34 @@ def test_a_write_to_a_closed_tab_is_counted_not_logged_as_an_error(caplog: pytes
         gc.collect()
     assert CLOSED_TAB_WRITES.count == before + 1
     assert [r for r in caplog.records if r.name == "asyncio" and "never retrieved" in r.getMessage()]
+
+
+def test_a_message_from_a_closing_tab_is_counted_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Bokeh's handler, given a message on a connection whose session it detached, fails its own assertion:
+    counted as a closing tab's message; an assertion raised anywhere else still logs."""
+    from bokeh.protocol import Protocol
+    from bokeh.server.connection import ServerConnection
+    from bokeh.server.protocol_handler import ProtocolHandler
+
+    class Session:  # the connection only subscribes and unsubscribes (a real session needs a server)
+        def subscribe(self, connection: Any) -> None: ...
+        def unsubscribe(self, connection: Any) -> None: ...
+
+    protocol = Protocol()
+    conn = ServerConnection(protocol, socket=None, application_context=None, session=Session())  # type: ignore[arg-type]
+    conn.detach_session()  # what Bokeh does when the tab's websocket closes
+    before = CLOSED_TAB_MESSAGES.count
+    with caplog.at_level(logging.ERROR, logger="bokeh.server.protocol_handler"):
+        reply = asyncio.run(ProtocolHandler().handle(protocol.create("PULL-DOC-REQ"), conn))
+        assert reply.msgtype == "ERROR"  # Bokeh answers the message; the socket is gone anyway
+        assert CLOSED_TAB_MESSAGES.count == before + 1
+        assert not caplog.records
+        try:
+            raise AssertionError("a real bug")
+        except AssertionError:
+            logging.getLogger("bokeh.server.protocol_handler").error("error handling message", exc_info=True)
+    assert CLOSED_TAB_MESSAGES.count == before + 1
+    assert [r.getMessage() for r in caplog.records] == ["error handling message"]
 
 
 def test_served_pages_leave_out_mathjax_and_keep_bokeh() -> None:
