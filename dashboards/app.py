@@ -128,7 +128,8 @@ class _StatusHandler(RequestHandler):
                "bad_records": self.hub.state.bad_records, "keys_tracked": self.hub.state.key_list(0)[0],
                "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0,
                "feed": self.hub.state.feed.timing() if self.hub.state.feed is not None else None,
-               "closed_tab_writes": CLOSED_TAB_WRITES.count, "closed_tab_messages": CLOSED_TAB_MESSAGES.count}
+               "closed_tab_writes": CLOSED_TAB_WRITES.count, "closed_tab_messages": CLOSED_TAB_MESSAGES.count,
+               "heap_trim": self.hub.trimmer.status()}
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(doc))
@@ -266,7 +267,7 @@ def hub_for(cfg: Config, *, dask_url: str | None = None) -> Hub:
     if url is None and cfg.cluster.scheduler is None:
         url = f"http://{cfg.cluster.dashboard_address}/status"
     return Hub.build(state, tick_ms=cfg.dashboard.refresh_ms, models=ModelsWatch(cfg),
-                     history=History.from_config(cfg), dask_url=url)
+                     history=History.from_config(cfg), dask_url=url, heap_trim_s=cfg.dashboard.heap_trim_s)
 
 
 def serve_config(cfg: Config, hub: Hub, *, show: bool = False) -> ServerHandle:

@@ -1,15 +1,16 @@
 """Everything one dashboard server process shares between its browser sessions.
 
 One :class:`Hub` per process: the live state and its one consumer, the broadcaster's clock, the registry
-watcher and the lake's history queries. Pages hold a reference to it and nothing else that is shared.
+watcher, the lake's history queries and the heap trimmer. Pages hold a reference to it and nothing else that is shared.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dashboards.broadcast import Broadcaster
+from dashboards.heap_trim import HeapTrimmer
 from dashboards.models_watch import ModelsWatch
 from dashboards.state import LiveState
 
@@ -24,19 +25,23 @@ class Hub:
     history: Any = None  # dashboards.history.History, when a lake is configured
     dask_url: str | None = None
     key_field: str | None = None
+    trimmer: HeapTrimmer = field(default_factory=lambda: HeapTrimmer(0.0))
 
     @classmethod
     def build(cls, state: LiveState, *, tick_ms: int = 100, models: ModelsWatch | None = None, history: Any = None,
-              dask_url: str | None = None) -> Hub:
-        """A hub over ``state`` whose clock also polls ``models`` (every 2 s, off the server's event loop)."""
+              dask_url: str | None = None, heap_trim_s: float = 60.0) -> Hub:
+        """A hub over ``state`` whose clock also polls ``models`` (every 2 s, off the server's event loop), and
+        whose trimmer gives the C heap's free pages back every ``heap_trim_s`` (0: never)."""
         broadcaster = Broadcaster(state, tick_ms, on_tick=models.poll if models is not None else None)
-        return cls(state, broadcaster, models, history, dask_url, state.key_field)
+        return cls(state, broadcaster, models, history, dask_url, state.key_field, HeapTrimmer(heap_trim_s))
 
     def start(self) -> Hub:
         self.state.start()
         self.broadcaster.start()
+        self.trimmer.start()
         return self
 
     def stop(self) -> None:
+        self.trimmer.stop()
         self.broadcaster.stop()
         self.state.stop()

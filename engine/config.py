@@ -259,6 +259,9 @@ class DashboardConfig(_Section):
     #: a session whose browser left (or never finished loading) is ended this long after; not below 5 s: a
     #: busy browser opens its websocket seconds after the page, and Bokeh would build that tab twice
     session_expiry_s: float = Field(default=30.0, ge=5.0)
+    #: how often the server gives the C heap's free pages back to the system (glibc's malloc_trim; 0 = never):
+    #: without it, a burst's freed pages stay resident and the server's memory steps up over hours
+    heap_trim_s: float = Field(default=60.0, ge=0.0)
     auth: DashboardAuth = DashboardAuth()
 
 

@@ -16,6 +16,7 @@ import base64
 import importlib.util
 import json
 import os
+import platform
 import re
 import socket
 import struct
@@ -603,7 +604,7 @@ def test_run_server_serves_until_stopped(broker: EmbeddedBroker, tmp_path: Path)
     tag = uuid.uuid4().hex[:8]
     names = Topics(**{name: f"run-{name}-{tag}" for name in Topics.model_fields})
     broker.create_topic(names.scores)
-    cfg = config(broker, names, tmp_path)
+    cfg = config(broker, names, tmp_path, heap_trim_s=0.2)
     stop = threading.Event()
     runner = threading.Thread(target=run_server, args=(cfg,), kwargs={"open_browser": False, "stop": stop})
     runner.start()
@@ -619,6 +620,15 @@ def test_run_server_serves_until_stopped(broker: EmbeddedBroker, tmp_path: Path)
         wait_until(answers, "run_server answering /status.json")
         with urllib.request.urlopen(url, timeout=30) as resp:
             assert resp.status == 200 and "isostream · Overview" in resp.read().decode()
+
+        def trimmed() -> dict[str, Any] | None:  # the config's heap_trim_s reaches the server's trimmer
+            with urllib.request.urlopen(f"{url}status.json", timeout=5) as resp:
+                trim: dict[str, Any] = json.loads(resp.read())["heap_trim"]
+            return trim if trim["trims"] >= 2 or not trim["available"] else None
+
+        trim = wait_until(trimmed, "the heap trimmer's second trim")
+        assert trim["every_s"] == 0.2
+        assert trim["available"] == (sys.platform == "linux" and platform.libc_ver()[0] == "glibc")
     finally:
         stop.set()
         runner.join(timeout=30)
