@@ -209,6 +209,9 @@ class ServerStatus:
     #: ms its handlers took (where data-to-screen goes before the server's clock)
     feed_delay_p95_ms: float | None = None
     feed_handler_p95_ms: float | None = None
+    #: the server's heap trimmer: trims so far, and the MB of RSS they gave back to the system
+    heap_trims: int | None = None
+    heap_trim_released_mb: float | None = None
 
 
 #: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
@@ -254,6 +257,10 @@ def parse_status(doc: Any) -> ServerStatus:
                                  ("feed.handler_ms", feed.get("handler_ms"), "feed_handler_p95_ms")):
         if isinstance(summary, dict) and summary.get("p95") is not None:
             extra[name] = _number(summary, "p95", where, float)
+    trim = doc.get("heap_trim")
+    if isinstance(trim, dict):
+        extra["heap_trims"] = _number(trim, "trims", "heap_trim", int)
+        extra["heap_trim_released_mb"] = _number(trim, "released_mb", "heap_trim", float)
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
 
 
@@ -283,6 +290,20 @@ def frames_per_s(rows: Sequence[PageRow], seconds: float) -> float:
     2.0
     """
     return len({r.screen_ms for r in rows}) / seconds if seconds > 0 else 0.0
+
+
+def longest_silence_s(rows: Sequence[PageRow], w0_ms: float, w1_ms: float) -> float:
+    """The longest time in ``[w0_ms, w1_ms]`` (page clock) in which a viewer got no row: a tab that stalled
+    shows here, where its rows per second only say that it got fewer.
+
+    >>> rows = [PageRow(s, t, None, None, None) for s, t in ((1, 1_000.0), (2, 1_100.0), (3, 4_100.0))]
+    >>> longest_silence_s(rows, 900.0, 5_000.0)
+    3.0
+    >>> longest_silence_s([], 0.0, 2_000.0)
+    2.0
+    """
+    times = sorted([w0_ms, *(r.arrived_ms for r in rows if w0_ms <= r.arrived_ms <= w1_ms), w1_ms])
+    return max(b - a for a, b in zip(times, times[1:], strict=False)) / 1000.0
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ from benchmarks._dashboard_measures import (
     frames_per_s,
     goal_row,
     growth,
+    longest_silence_s,
     parse_drain,
     parse_status,
     per_minute,
@@ -731,6 +732,7 @@ class Run:
         t0, t1 = load
         minutes = (t1 - t0) / 60.0
         per_viewer: list[tuple[float, int]] = []
+        silences: list[float] = []
         latency: list[float] = []
         tick: list[float] = []
         to_tick: list[float] = []  # the scores record's Kafka timestamp to the tick that counted it
@@ -741,6 +743,7 @@ class Run:
             rows = [r for r in v.rows if w0 <= r.arrived_ms <= w1]
             distinct, missed = seq_stats([r.seq for r in rows])
             per_viewer.append((distinct / (t1 - t0), missed))
+            silences.append(round(longest_silence_s(rows, w0, w1), 1))
             frames.append(frames_per_s(rows, t1 - t0))
             latency += [r.screen_ms - r.kafka_ts_ms for r in rows if r.kafka_ts_ms is not None]
             tick += [r.screen_ms - r.t_ms for r in rows if r.t_ms is not None]
@@ -751,7 +754,8 @@ class Run:
         no_rows = None if total else f"no {SOURCE_NAME} rows reached any viewer (the page has no such source?)"
         self.rows += [
             goal_row("updates_per_s_slowest_viewer", min(rates) if total else None, "updates/s", UPDATES_GOAL,
-                     why_missing=no_rows, per_viewer=[round(r, 2) for r in rates], tick_ms=s.tick_ms),
+                     why_missing=no_rows, per_viewer=[round(r, 2) for r in rates], tick_ms=s.tick_ms,
+                     longest_silence_s_per_viewer=silences),
             goal_row("updates_per_s_mean_viewer", float(np.mean(rates)) if total else None, "updates/s",
                      UPDATES_GOAL, why_missing=no_rows),
             goal_row("frames_per_s_slowest_viewer", min(frames) if total else None, "frames/s", FRAMES_GOAL,
@@ -790,6 +794,11 @@ class Run:
             self.rows.append(goal_row(f"{name}_server", float(np.median(got)) if got else None, "ms", why_missing=why,
                                       max=max(got, default=None), samples=len(got),
                                       note=f"{note}: the median over the phase of the server's p95 of its last 1,000"))
+        trims = [(x.heap_trims, x.heap_trim_released_mb) for x in (st[:1] + st[-1:]) if x.heap_trims is not None]
+        if len(trims) == 2:
+            self.rows.append(goal_row("heap_trim_released_mb_server", trims[1][1] - trims[0][1], "MB",
+                                      trims=trims[1][0] - trims[0][0],
+                                      note="RSS the server's heap trims gave back to the system over the phase"))
         answer = quantiles([ms for t, ms in self.stack.status_ms if t0 <= t <= t1])
         self.rows.append(goal_row("status_json_p95_ms", answer["p95"], "ms", why_missing="no /status.json",
                                   max=answer["max"], n=answer["n"], timeouts_whole_run=self.stack.status_timeouts,

@@ -71,7 +71,8 @@ def _write_to_closed_tab(exc: BaseException) -> bool:
 
 
 def _message_from_closed_tab(exc: BaseException) -> bool:
-    """Bokeh's ``ServerConnection.session`` assertion: a message arrived from a tab whose session was detached."""
+    """Bokeh's ``ServerConnection.session`` assertion: a message or a close from a tab whose session was
+    detached."""
     if not isinstance(exc, AssertionError) or exc.__traceback__ is None:
         return False
     tb = exc.__traceback__
@@ -88,9 +89,10 @@ class ClosedTabErrors(logging.Filter):
     when the tab has gone, asyncio logs the task's ``WebSocketClosedError`` ("Task exception was never
     retrieved"). And a message from a tab that is closing (an acknowledgement, Panel's browser-info
     properties) can wait for the document's lock while Bokeh drops the connection; handling it then fails
-    Bokeh's own ``assert self._session is not None``. Nothing is wrong in either case (the session ends as
-    its socket closed), so an operator should not be paged; ``/status.json`` reports the counts instead.
-    Every other record passes.
+    Bokeh's own ``assert self._session is not None``. So does that tab's close when Bokeh had already ended
+    its session (Tornado logs it as "Uncaught exception GET /ws"). Nothing is wrong in any of these (the
+    session ends as its socket closed), so an operator should not be paged; ``/status.json`` reports the
+    counts instead. Every other record passes.
     """
 
     def __init__(self, matches: Callable[[BaseException], bool]) -> None:
@@ -111,6 +113,7 @@ CLOSED_TAB_WRITES = ClosedTabErrors(_write_to_closed_tab)
 CLOSED_TAB_MESSAGES = ClosedTabErrors(_message_from_closed_tab)
 logging.getLogger("asyncio").addFilter(CLOSED_TAB_WRITES)
 logging.getLogger("bokeh.server.protocol_handler").addFilter(CLOSED_TAB_MESSAGES)
+logging.getLogger("tornado.application").addFilter(CLOSED_TAB_MESSAGES)  # the close of such a tab, in on_close
 
 
 class _StatusHandler(RequestHandler):

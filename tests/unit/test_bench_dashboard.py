@@ -244,6 +244,15 @@ def test_parse_status_reads_the_extras_when_a_server_reports_them() -> None:
         parse_status({**doc, "late_ticks": -4})
 
 
+def test_parse_status_reads_the_heap_trimmer() -> None:
+    trim = {"available": True, "every_s": 60.0, "trims": 3, "released_mb": 12.5, "trim_ms": {"p95": 4.0}}
+    s = parse_status({**STATUS, "heap_trim": trim})
+    assert (s.heap_trims, s.heap_trim_released_mb) == (3, 12.5)
+    assert parse_status(STATUS).heap_trims is None
+    with pytest.raises(BenchError, match="heap_trim.released_mb is -1"):
+        parse_status({**STATUS, "heap_trim": {**trim, "released_mb": -1}})
+
+
 def _drain(start: int, seqs: list[int]) -> dict[str, Any]:
     return {"start": start, "rows": [[q, 1_000.0 + q, None, None, None] for q in seqs], "found_ms": 1.0,
             "rendered_ms": 2.0}

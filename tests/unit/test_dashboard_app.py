@@ -354,6 +354,13 @@ def test_a_message_from_a_closing_tab_is_counted_not_logged_as_an_error(caplog: 
             logging.getLogger("bokeh.server.protocol_handler").error("error handling message", exc_info=True)
     assert CLOSED_TAB_MESSAGES.count == before + 1
     assert [r.getMessage() for r in caplog.records] == ["error handling message"]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="tornado.application"):
+        try:  # the tab's close, when Bokeh had ended its session first: WSHandler.on_close reads it too
+            conn.session.notify_connection_lost()
+        except AssertionError:
+            logging.getLogger("tornado.application").error("Uncaught exception GET /ws", exc_info=True)
+    assert CLOSED_TAB_MESSAGES.count == before + 2 and not caplog.records
 
 
 def test_served_pages_leave_out_mathjax_and_keep_bokeh() -> None:
