@@ -14,16 +14,14 @@ trimmer does nothing, and says so in its status.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dashboards.timings import Timings
+from engine.periodic import Periodic
 
-log = logging.getLogger(__name__)
 MB = 1024 * 1024
 
 
@@ -55,8 +53,7 @@ class HeapTrimmer:
         self.trims = 0
         self.released_bytes = 0  # RSS before minus after, summed (what the system got back)
         self._ms = Timings(100)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = Periodic(every_s, self.trim, "isostream-heap-trim") if every_s > 0 else None
 
     @property
     def available(self) -> bool:
@@ -76,25 +73,13 @@ class HeapTrimmer:
         return released
 
     def start(self) -> HeapTrimmer:
-        if self.every_s > 0 and self.available and self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="isostream-heap-trim", daemon=True)
-            self._thread.start()
+        if self._timer is not None and self.available:
+            self._timer.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.trim()
-            except OSError as err:  # /proc unreadable: keep the server, stop trimming
-                log.warning("dashboard: heap trim stopped: %s", err)
-                return
+        if self._timer is not None:
+            self._timer.stop()
 
     def status(self) -> dict[str, Any]:
         """For ``/status.json``: whether it runs, how often, how many trims, what they gave back, how long one took."""

@@ -24,6 +24,7 @@ import orjson
 
 from engine.config import Config
 from engine.model_holder import ModelHolder
+from engine.periodic import Periodic
 from streams.decode import Decoder
 from streams.records import RawBatch
 from training.detector import Detector
@@ -175,8 +176,7 @@ class ScoringService:
         # the per-key baselines advance in request order: decode (its layout memory) and features hold this
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reloader = Periodic(cfg.serve.reload_poll_s, self.refresh, "isostream-serve-reload")
         self.refresh()
 
     # -- the model -------------------------------------------------------------------------------------------
@@ -192,22 +192,11 @@ class ScoringService:
 
     def start(self) -> None:
         """Poll the registry every ``serve.reload_poll_s`` on a background thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="isostream-serve-reload", daemon=True)
-        self._thread.start()
+        self._reloader.start()
 
     def close(self) -> None:
         """Stop the reloader and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
-            self._thread = None
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.cfg.serve.reload_poll_s):
-            self.refresh()
+        self._reloader.stop()
 
     def _detector(self) -> Detector:
         det = self.holder.current
