@@ -1,7 +1,8 @@
 """Everything one dashboard server process shares between its browser sessions.
 
 One :class:`Hub` per process: the live state and its one consumer, the broadcaster's clock, the registry
-watcher, the lake's history queries and the heap trimmer. Pages hold a reference to it and nothing else that is shared.
+watcher, the lake's history queries and the heap trimmer. Pages hold a reference to it and nothing else that
+is shared.
 """
 
 from __future__ import annotations
