@@ -14,10 +14,11 @@ trimmer does nothing, and says so in its status.
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections.abc import Callable
 from typing import Any
+
+import psutil
 
 from dashboards.timings import Timings
 from engine.periodic import Periodic
@@ -36,11 +37,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return fn
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class HeapTrimmer:
     """Calls ``malloc_trim(0)`` every ``every_s`` seconds on a thread of its own (``every_s=0``: never)."""
 
@@ -53,6 +49,7 @@ class HeapTrimmer:
         self.trims = 0
         self.released_bytes = 0  # RSS before minus after, summed (what the system got back)
         self._ms = Timings(100)
+        self._proc = psutil.Process()  # the RSS /status.json reports, read the same way
         self._timer = Periodic(every_s, self.trim, "isostream-heap-trim") if every_s > 0 else None
 
     @property
@@ -63,11 +60,11 @@ class HeapTrimmer:
         """One trim now; returns the bytes of RSS it gave back (0 where ``malloc_trim`` is unavailable)."""
         if self._trim is None:
             return 0
-        before = _rss_bytes()
+        before = self._proc.memory_info().rss
         t0 = time.perf_counter()
         self._trim(0)
         self._ms.add((time.perf_counter() - t0) * 1000.0)
-        released = max(0, before - _rss_bytes())
+        released = max(0, before - self._proc.memory_info().rss)
         self.trims += 1
         self.released_bytes += released
         return released
