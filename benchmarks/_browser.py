@@ -101,7 +101,7 @@ class Browser:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, Future[dict[str, Any]]]] = {}  # id -> (method, its answer)
         self._lock = threading.Lock()
-        self._exceptions: dict[str, list[str]] = {}  # session id -> uncaught page exceptions
+        self._exceptions: dict[str, list[str]] = {}  # session id -> uncaught page exceptions and console errors
         self.closed_reason: str | None = None
 
     @property
@@ -211,9 +211,13 @@ class Browser:
                 elif msg.get("method") == "Runtime.exceptionThrown":
                     details = msg["params"]["exceptionDetails"]
                     text = details.get("exception", {}).get("description") or details.get("text", "")
-                    errors = self._exceptions.setdefault(msg.get("sessionId", ""), [])
-                    if len(errors) < 50:  # a page throwing on every tick must not grow this without bound
-                        errors.append(str(text)[:500])
+                    self._page_error(msg.get("sessionId", ""), str(text))
+                elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"].get("type") == "error":
+                    # BokehJS catches what fails while it applies a server message and logs it here, not as an
+                    # uncaught exception: a tab whose updates stop silently would otherwise show nothing
+                    args = msg["params"].get("args", [])
+                    text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
+                    self._page_error(msg.get("sessionId", ""), f"console.error: {text}")
         except ConnectionClosed as err:
             reason = f"closed: {err}"
         except Exception as err:  # noqa: BLE001 - the reader must hand every waiter a reason, not die quietly
@@ -227,6 +231,11 @@ class Browser:
         for method, fut in waiting:
             if not fut.done():
                 fut.set_exception(BrowserError(f"browser: {method}: the DevTools connection {reason}"))
+
+    def _page_error(self, session_id: str, text: str) -> None:
+        errors = self._exceptions.setdefault(session_id, [])
+        if len(errors) < 50:  # a page throwing on every tick must not grow this without bound
+            errors.append(text[:500])
 
     # -- tabs --------------------------------------------------------------------------------------------
     def new_context(self) -> str:
@@ -256,7 +265,7 @@ class Browser:
         return tab
 
     def exceptions(self, session_id: str) -> list[str]:
-        """Uncaught exceptions the tab's pages threw so far (the first 50)."""
+        """Uncaught exceptions the tab's pages threw and errors they logged to the console (the first 50)."""
         return list(self._exceptions.get(session_id, []))
 
     # -- life cycle --------------------------------------------------------------------------------------
@@ -384,7 +393,7 @@ class Tab:
 
     @property
     def exceptions(self) -> list[str]:
-        """Uncaught exceptions of this tab's pages so far."""
+        """Uncaught exceptions of this tab's pages, and errors they logged to the console, so far."""
         return self.browser.exceptions(self.session_id)
 
     def close(self) -> None:

@@ -212,6 +212,8 @@ class ServerStatus:
     #: the server's heap trimmer: trims so far, and the MB of RSS they gave back to the system
     heap_trims: int | None = None
     heap_trim_released_mb: float | None = None
+    #: each ticking page's side of the ticks, as the server reports it (isostream's ``pages``): diagnostic only
+    pages: tuple[dict[str, Any], ...] | None = None
 
 
 #: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
@@ -261,6 +263,9 @@ def parse_status(doc: Any) -> ServerStatus:
     if isinstance(trim, dict):
         extra["heap_trims"] = _number(trim, "trims", "heap_trim", int)
         extra["heap_trim_released_mb"] = _number(trim, "released_mb", "heap_trim", float)
+    pages = doc.get("pages")
+    if isinstance(pages, list):
+        extra["pages"] = tuple(p for p in pages if isinstance(p, dict))
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
 
 

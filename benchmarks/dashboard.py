@@ -325,6 +325,8 @@ class Settings:
     chromium: str | None
     #: the dashboard server's command line ({config}, {port}, {python} replaced); None: ``isostream dashboard``
     dashboard_command: str | None = None
+    #: dashboard options over configs/demo.yaml's (``--dashboard-option KEY=VALUE``): an A/B of one setting
+    dashboard_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple[Path, dict[str, Any]]:
@@ -337,6 +339,7 @@ def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple
     # the contract's tick; until the config has one, the dashboard's refresh period is the nearest thing
     tick_key = "tick_ms" if "tick_ms" in DashboardConfig.model_fields else "refresh_ms"
     dashboard[tick_key] = s.tick_ms
+    dashboard.update(s.dashboard_options)
     over: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap": bootstrap, "input_topic": "dash-events", "group_id": "bench-dashboard",
                   "topics": topics, "dead_letter_dir": None},
@@ -773,6 +776,17 @@ class Run:
             "missed_updates_server", float(st[-1].missed_updates - st[0].missed_updates) if len(st) > 1 else None,
             "ticks", MISSED_GOAL, why_missing="the dashboard has no /status.json",
             ticks=st[-1].ticks - st[0].ticks if len(st) > 1 else None))
+        if st and st[-1].pages is not None:
+            # where a viewer that stopped updating stopped: its page's updates, a queued update that never ran,
+            # ticks held for an acknowledgement that never came, or a browser the server saw as disconnected
+            # (a probe's closed tab stays registered, unconnected, until its session expires: not a viewer)
+            quiet = [p for p in st[-1].pages if p.get("connected", True)
+                     and ((p.get("since_update_s") or 0) > 5 or (p.get("pending_s") or 0) > 5)]
+            self.rows.append(goal_row("server_pages_quiet_at_end", float(len(quiet)), "pages", pages=st[-1].pages,
+                                      note="connected pages the server had not updated for over 5 s as the phase "
+                                           "ended"))
+            if quiet:
+                log(f"load: {len(quiet)} page(s) not updated for over 5 s: {quiet}")
         if len(st) > 1:
             self.rows.append(goal_row("server_ticks_per_s", (st[-1].ticks - st[0].ticks) / (t1 - t0), "ticks/s",
                                       UPDATES_GOAL, tick_ms=st[-1].tick_ms,
@@ -964,8 +978,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         idle_s=15.0 if quick else 60.0, warmup_s=10.0 if quick else 30.0, engine_workers=args.engine_workers,
         partitions=args.partitions, drill_http=4 if quick else 20, drill_early=4 if quick else 20,
         drill_loaded=3 if quick else 10, drill_deadline_s=60.0, seed=args.seed, chromium=args.chromium,
-        dashboard_command=args.dashboard_command,
+        dashboard_command=args.dashboard_command, dashboard_options=dict(args.dashboard_option),
     )
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--dashboard-option``, the value read as YAML (``true``, ``30``, ``warm``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -986,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
                         "filled in (default: python -m engine.cli dashboard --config {config} --no-browser)")
     p.add_argument("--keep", type=Path, default=None, help="keep the run's logs and config in this folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dashboard-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="a dashboard setting over configs/demo.yaml's, e.g. reuse_sessions=false (repeatable)")
     args = p.parse_args(argv)
     for name in ("viewers", "tick_ms", "engine_workers", "partitions"):
         if getattr(args, name) < 1:

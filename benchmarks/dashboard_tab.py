@@ -84,7 +84,8 @@ def summarise(kind: str, tabs: list[tuple[float, dict[str, float], float]]) -> l
     ]
 
 
-def run(chromium: str, tabs: int, path: str, settle_s: float, timeout_s: float) -> list[dict[str, Any]]:
+def run(chromium: str, tabs: int, path: str, settle_s: float, timeout_s: float,
+        reuse_sessions: bool = False) -> list[dict[str, Any]]:
     from dashboards.app import serve
     from dashboards.hub import Hub
     from dashboards.state import LiveState
@@ -93,7 +94,7 @@ def run(chromium: str, tabs: int, path: str, settle_s: float, timeout_s: float) 
     # no feed: the page's empty states, the frameworks' cost alone. Only the clock runs (its state never starts)
     hub = Hub.build(LiveState({"bootstrap.servers": "127.0.0.1:9"}))
     hub.broadcaster.start()
-    handle = serve(hub, port=free_port())
+    handle = serve(hub, port=free_port(), reuse_sessions=reuse_sessions)
     url = handle.url.rstrip("/") + path
     rows: list[dict[str, Any]] = []
     try:
@@ -126,18 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", default="/", help="the page (default /, the Overview)")
     p.add_argument("--settle-s", type=float, default=1.0, help="profile this long after Bokeh's views exist")
     p.add_argument("--chromium", default=None, help="Chromium executable (default /usr/bin/chromium)")
+    p.add_argument("--reuse-sessions", action="store_true", help="serve with dashboard.reuse_sessions on")
     args = p.parse_args(argv)
     started = time.monotonic()
     tabs = args.tabs or (3 if args.quick else 7)
     settings: dict[str, Any] = {"tabs": tabs, "path": args.path, "settle_s": args.settle_s,
-                                "sample_us": SAMPLE_US, "load_average_start": list(os.getloadavg())}
+                                "sample_us": SAMPLE_US, "reuse_sessions": args.reuse_sessions,
+                                "load_average_start": list(os.getloadavg())}
     chromium = find_chromium(args.chromium)
     if chromium is None:
         reason = no_chromium(args.chromium)
         log(f"skipped: {reason}")
         rows = [skipped(reason)]
     else:
-        rows = run(chromium, tabs, args.path, args.settle_s, timeout_s=60.0)
+        rows = run(chromium, tabs, args.path, args.settle_s, timeout_s=60.0, reuse_sessions=args.reuse_sessions)
     return finish(args.out, "dashboard_tab", rows, settings, started, log=log)
 
 

@@ -23,12 +23,15 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
+import webbrowser
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import panel as pn
 import psutil
+from panel.io.resources import get_dist_path
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError
@@ -56,13 +59,36 @@ def routes(hub: Hub) -> dict[str, Callable[[], Any]]:
 
         return history_page(hub)
 
-    return {
+    builders: dict[str, Callable[[], Any]] = {
         "/": lambda: Overview(hub).page(),
         "/keys": lambda: KeysPage(hub).page(),
         "/incidents": lambda: IncidentsPage(hub).page(),
         "/models": lambda: ModelsPage(hub).page(),
         "/history": history,
     }
+    return {path: _served(build, hub) for path, build in builders.items()}
+
+
+#: the query argument of the server's own first request per page when it keeps a page cache (reuse_sessions)
+PRIME_ARG = "isostream-prime"
+
+
+def _served(build: Callable[[], Any], hub: Hub) -> Callable[[], Any]:
+    """``build`` for a served session: its stylesheets from this server, and the page cache told from viewers."""
+
+    def built() -> Any:
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None:
+            # Panel points its components' stylesheets at this server's static files only when it renders a
+            # page's HTML from the session; a session the page cache builds beside the HTML (reuse_sessions)
+            # would point them at Panel's CDN, which an offline or firewalled server cannot reach
+            doc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
+        page = build()
+        if PRIME_ARG in (pn.state.session_args or {}):
+            hub.broadcaster.session_cached()
+        return page
+
+    return built
 
 
 def _write_to_closed_tab(exc: BaseException) -> bool:
@@ -223,20 +249,33 @@ def serve(
     session_expiry_s: float = 30.0,
     auth: dict[str, Any] | None = None,
     ready_timeout_s: float = 30.0,
+    reuse_sessions: bool = True,
 ) -> ServerHandle:
     """Serve the pages at ``http://host:port/``, one session per browser tab, all over ``hub``.
 
     ``threaded=True`` (default) returns once the server listens; ``threaded=False`` blocks until Ctrl-C.
     The caller starts and stops ``hub``. ``auth`` holds Panel's own options (see :func:`auth_options`).
+    ``reuse_sessions`` answers a new tab's page from a cached session and builds the tab's own while its browser
+    loads the scripts (Panel's ``reuse_sessions="warm"``); the server primes the cache itself.
     """
     if host not in LOOPBACK and not (auth or {}).get("basic_auth") and not (auth or {}).get("oauth_provider"):
         log.warning("dashboard: serving on %s without authentication: anyone who reaches it sees the stream; "
                     "set dashboard.auth (basic_auth or oauth_*)", host)
     expiry_ms = int(session_expiry_s * 1000)
+    # the page cache is primed by the server's own requests, which authentication would turn away; then the
+    # first viewer's session would become the cache and outlive its tab (an orphan)
+    reuse = reuse_sessions and threaded and not (auth or {}).get("basic_auth") \
+        and not (auth or {}).get("oauth_provider")
+    if reuse_sessions and not reuse:
+        log.info("dashboard: reuse_sessions is off: it needs a threaded server without authentication")
+    if reuse:
+        pn.config.reuse_sessions = "warm"
     skip_mathjax()  # no page shows math: 1.8 MB less script for each new tab (dashboards/resources.py)
+    pages = routes(hub)
     server = pn.serve(
-        routes(hub), port=port, address=host, websocket_origin=websocket_origins(host, port, allow_websocket_origin),
-        show=show, start=True, title=TITLE, verbose=False, location=True, threaded=threaded,
+        pages, port=port, address=host, websocket_origin=websocket_origins(host, port, allow_websocket_origin),
+        # with the page cache, the browser opens once the cache is primed: its request must not be the one cached
+        show=show and not reuse, start=True, title=TITLE, verbose=False, location=True, threaded=threaded,
         extra_patterns=[(r"/status\.json", _StatusHandler, {"hub": hub})],
         # Bokeh ends a session whose websocket closed, or never opened, this long after: a browser that
         # went away before the page loaded leaves nothing behind
@@ -249,7 +288,33 @@ def serve(
         server.stop()
         return ServerHandle(_Finished(), host, port)
     _wait_listening(host, port, server, ready_timeout_s)
-    return ServerHandle(server, host, port)
+    handle = ServerHandle(server, host, port)
+    if reuse:
+        _prime_page_cache(handle, list(pages), ready_timeout_s)
+        if show:
+            webbrowser.open(handle.url)
+    return handle
+
+
+def _prime_page_cache(handle: ServerHandle, paths: Sequence[str], timeout_s: float) -> None:
+    """Request every page once, so that the session Panel caches for it is the server's own, never a viewer's.
+
+    With ``reuse_sessions``, Panel answers a tab's page request from the session it cached for that path and
+    builds the tab's own session meanwhile, while the browser loads the scripts. Whatever request misses the
+    cache fills it, with a session that never expires: unprimed, that would be the first viewer's. Panel's
+    switch and cache are process-wide, keyed by path: a second server in the process (tests, an embedding
+    program) shares the first one's cached pages, which only render the HTML; each tab's session is its own
+    server's.
+    """
+    for path in paths:
+        if path in pn.state._session_key_funcs:  # cached already (Panel has no public way to ask)
+            continue
+        url = f"{handle.url.rstrip('/')}{path}?{PRIME_ARG}=1"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                resp.read()
+        except OSError as exc:  # the server still serves; that page's first viewer just waits for its build
+            log.warning("dashboard: could not prime the page cache for %s: %s", path, exc)
 
 
 class _Finished:
@@ -277,7 +342,7 @@ def serve_config(cfg: Config, hub: Hub, *, show: bool = False) -> ServerHandle:
     """:func:`serve` with ``cfg``'s dashboard section (address, origins, expiry, auth)."""
     d = cfg.dashboard
     return serve(hub, host=d.host, port=d.port, show=show, allow_websocket_origin=d.allow_websocket_origin,
-                 session_expiry_s=d.session_expiry_s, auth=auth_options(cfg))
+                 session_expiry_s=d.session_expiry_s, auth=auth_options(cfg), reuse_sessions=d.reuse_sessions)
 
 
 def run_server(cfg: Config, *, open_browser: bool, stop: threading.Event | None = None) -> None:

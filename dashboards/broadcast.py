@@ -41,14 +41,33 @@ class Page(Protocol):
     def update(self) -> None: ...
 
 
-class _Slot:
-    """A registered page, its document, and whether an update is already queued on it."""
+#: an update queued this long without running is reported (logged once per page, and in ``/status.json``)
+STUCK_S = 10.0
 
-    __slots__ = ("page", "doc", "pending", "queued_at")
+
+class _Slot:
+    """A registered page, its document, whether an update is already queued on it, and how its updates went."""
+
+    __slots__ = ("page", "doc", "pending", "queued_at", "registered_at", "ran_at", "updates", "disconnected",
+                 "stuck_logged")
 
     def __init__(self, page: Page, doc: Any) -> None:
         self.page, self.doc, self.pending = page, doc, False
         self.queued_at = 0.0  # time.monotonic() of the tick that queued the pending update
+        self.registered_at = self.ran_at = time.monotonic()
+        self.updates = 0
+        self.disconnected = 0  # ticks skipped while its browser had no connection
+        self.stuck_logged = False
+
+    def detail(self, now: float) -> dict[str, Any]:
+        """This page's side of the ticks, for ``/status.json``: where a viewer that stopped updating stopped."""
+        p = self.page
+        return {"path": getattr(p, "path", None), "age_s": round(now - self.registered_at, 1),
+                "updates": self.updates, "since_update_s": round(now - self.ran_at, 1),
+                "pending_s": round(now - self.queued_at, 1) if self.pending else None,
+                "coalesced": p.coalesced, "held": p.held, "missed": p.missed,
+                "behind": getattr(p, "behind", None), "connected": _connected(self.doc),
+                "disconnected_ticks": self.disconnected}
 
 
 def _connected(doc: Any) -> bool:
@@ -71,7 +90,7 @@ class Broadcaster:
         self._every_s = every_s
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
-        self.created = self.loaded = self.destroyed = self.errors = 0
+        self.created = self.loaded = self.destroyed = self.errors = self.cached = 0
         self._missed_gone = self._coalesced_gone = self._held_gone = 0  # of pages that have gone
         self._delays = Timings(DELAYS_KEPT)  # ms from a tick to its update running
         self.late_ticks = 0  # ticks this thread could not close on time (it was starved of CPU)
@@ -83,6 +102,12 @@ class Broadcaster:
     def session_created(self) -> None:
         with self._lock:
             self.created += 1
+
+    def session_cached(self) -> None:
+        """The session just created is the server's page cache (``dashboard.reuse_sessions``): it serves
+        every new tab's first HTML, lives as long as the server, and is not a viewer."""
+        with self._lock:
+            self.cached += 1
 
     def register(self, page: Page, doc: Any) -> None:
         """Start ticking ``page`` (its browser has loaded it)."""
@@ -111,11 +136,14 @@ class Broadcaster:
 
     def status(self) -> dict[str, Any]:
         """Sessions and tick accounting, for ``/status.json`` and the pages' status line."""
+        now = time.monotonic()
         with self._lock:
-            pages = [s.page for s in self._slots.values()]
+            slots = list(self._slots.values())
+            pages = [s.page for s in slots]
             return {
-                "sessions": {"live": self.created - self.destroyed, "created": self.created, "loaded": self.loaded,
-                             "destroyed": self.destroyed, "ticking": len(pages)},
+                "sessions": {"live": self.created - self.destroyed - self.cached, "created": self.created,
+                             "loaded": self.loaded, "destroyed": self.destroyed, "ticking": len(pages),
+                             "cached": self.cached},
                 "tick_ms": self.tick_ms,
                 "ticks": self.state.ticks.seq,
                 "late_ticks": self.late_ticks,
@@ -125,6 +153,7 @@ class Broadcaster:
                 "update_delay_ms": self._delays.summary(),
                 "update_errors": self.errors,
                 "abandoned_updates": self.abandoned,
+                "pages": [s.detail(now) for s in slots],
             }
 
     # -- the thread ---------------------------------------------------------------------------------------------
@@ -169,9 +198,14 @@ class Broadcaster:
             if not _connected(slot.doc):
                 # the browser went away; Bokeh destroys the session after its expiry. Sending to it meanwhile
                 # only fails (measured: thousands of "connection.session is None" errors as 10 tabs closed)
+                slot.disconnected += 1
                 continue
             if slot.pending:
                 slot.page.coalesced += 1
+                if not slot.stuck_logged and time.monotonic() - slot.queued_at > STUCK_S:
+                    slot.stuck_logged = True
+                    log.warning("dashboard: a %s page's update has waited %.0f s to run; its viewer sees no "
+                                "new data meanwhile", getattr(slot.page, "path", "?"), STUCK_S)
                 continue
             slot.pending = True
             slot.queued_at = time.monotonic()
@@ -184,6 +218,8 @@ class Broadcaster:
 
     def _update(self, slot: _Slot) -> None:
         slot.pending = False
+        slot.ran_at = time.monotonic()
+        slot.updates += 1
         self._delays.add((time.monotonic() - slot.queued_at) * 1000.0)
         if not _connected(slot.doc):
             self.abandoned += 1  # the browser left between the tick and this update

@@ -133,6 +133,11 @@ class Overview(LivePage):
         self.timeline.js_on_change("streaming", CustomJS(args={"ack": ack}, code=ACK_JS))
         ack.on_change("tags", self._on_ack)
 
+    @property
+    def behind(self) -> int | None:
+        """Ticks sent that the browser has not yet acknowledged (None: no flow control, not served)."""
+        return None if self._acked is None else self._seq - self._acked
+
     def _on_ack(self, _attr: str, _old: Any, new: Any) -> None:
         if new and isinstance(new[0], int | float):
             self._acked = int(new[0])

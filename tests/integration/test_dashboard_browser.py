@@ -524,6 +524,26 @@ def test_sessions_end_when_a_browser_never_loads_or_leaves_early(browser: Browse
     assert tab.errors == []
 
 
+def test_the_page_cache_is_the_servers_own_and_never_a_viewers(server: ServerHandle, hub: Hub, tab: Tab) -> None:
+    import panel as pn
+
+    pages = ("/", "/keys", "/incidents", "/models", "/history")
+    # primed as the server started (by this server or an earlier one in the process: Panel's cache is global)
+    assert all(p in pn.state._session_key_funcs for p in pages)
+    cached = {id(session.document) for session in pn.state._sessions.values()}
+    assert len(cached) == len(pages)
+    assert status(server)["sessions"]["cached"] in (0, len(pages))
+    wait_until(lambda: status(server)["sessions"]["live"] == 0, "the previous tests' tabs ended",
+               timeout_s=4 * SESSION_EXPIRY_S)
+    tab.open("/keys")
+    wait_until(lambda: status(server)["sessions"]["ticking"] == 1, "the tab ticking")
+    ticking = [slot.doc for slot in hub.broadcaster._slots.values()]
+    assert len(ticking) == 1 and id(ticking[0]) not in cached  # the tab has a session of its own
+    assert status(server)["sessions"]["live"] == 1  # the cached pages are not viewers
+    assert {id(session.document) for session in pn.state._sessions.values()} == cached  # and stay as they were
+    assert tab.errors == []
+
+
 def handshake_and_close_at_once(url: str) -> bytes:
     """GET ``url`` (a session), then send its websocket handshake and a close frame in one TCP write.
 

@@ -134,6 +134,9 @@ def test_parse_status_reads_the_contract() -> None:
     feed = parse_status({**STATUS, "feed": {"delay_ms": {"n": 4, "p95": 120.5}, "handler_ms": {"n": 4, "p95": 9.0}}})
     assert (feed.feed_delay_p95_ms, feed.feed_handler_p95_ms) == (120.5, 9.0)
     assert parse_status({**STATUS, "feed": None}).feed_delay_p95_ms is None  # a server without a feed
+    page = {"path": "/", "updates": 40, "since_update_s": 0.1, "pending_s": None, "behind": 3}
+    assert parse_status({**STATUS, "pages": [page, "not a page"]}).pages == (page,)  # diagnostic: kept as sent
+    assert s.pages is None
     with pytest.raises(BenchError, match="feed.delay_ms"):
         parse_status({**STATUS, "feed": {"delay_ms": {"p95": -1}}})
 

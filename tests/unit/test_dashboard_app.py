@@ -206,13 +206,57 @@ def test_broadcaster_ticks_only_loaded_pages_and_coalesces(hub: Hub) -> None:
     doc.run()
     assert loaded.calls == 1 and early.calls == 0
     status = b.status()
-    assert status["sessions"] == {"live": 2, "created": 2, "loaded": 1, "destroyed": 0, "ticking": 1}
+    assert status["sessions"] == {"live": 2, "created": 2, "loaded": 1, "destroyed": 0, "ticking": 1, "cached": 0}
     assert status["coalesced_updates"] == 1
     assert b.session_destroyed(loaded)  # it had loaded: it was being ticked
     assert not b.session_destroyed(None)  # the page that never loaded
     b._fan_out()
     assert doc.queued == [] and b.status()["sessions"]["live"] == 0
     assert b.status()["coalesced_updates"] == 1  # a gone page's counts are kept
+
+
+def test_the_page_cache_sessions_are_not_counted_as_viewers(hub: Hub) -> None:
+    b = Broadcaster(hub.state, 100)
+    for _ in range(3):  # the server primes the cache: each page builds as a session, then is marked cached
+        b.session_created()
+        b.session_cached()
+    b.session_created()  # a viewer
+    sessions = b.status()["sessions"]
+    assert sessions["live"] == 1 and sessions["cached"] == 3 and sessions["created"] == 4
+
+
+def test_status_says_where_each_page_stands(hub: Hub, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import dashboards.broadcast as broadcast
+
+    b = Broadcaster(hub.state, 100)
+    page, doc = Page(), ServedDoc()
+    page.path = "/keys"  # type: ignore[attr-defined]
+    b.register(page, doc)
+    monkeypatch.setattr(broadcast, "STUCK_S", 0.02)
+    b._fan_out()
+    time.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="dashboards.broadcast"):
+        b._fan_out()  # the first update has not run: coalesced, and it has waited past STUCK_S
+        b._fan_out()
+    assert [r.getMessage() for r in caplog.records if "waited" in r.getMessage()] == [
+        "dashboard: a /keys page's update has waited 0 s to run; its viewer sees no new data meanwhile"]
+    [queued] = b.status()["pages"]
+    assert queued["path"] == "/keys" and queued["updates"] == 0 and queued["pending_s"] >= 0.05
+    assert queued["coalesced"] == 2 and queued["behind"] is None  # a page without flow control
+    doc.run()
+    doc.leave()
+    b._fan_out()  # its browser is gone: skipped, and counted
+    [ran] = b.status()["pages"]
+    assert ran["updates"] == 1 and ran["pending_s"] is None and ran["since_update_s"] < 1.0
+    assert ran["disconnected_ticks"] == 1 and ran["connected"] is False and doc.queued == []
+
+
+def test_overview_says_how_far_its_browser_is_behind(hub: Hub) -> None:
+    view = Overview(hub)
+    assert view.behind is None  # not served: no browser acknowledges, no flow control
+    view._acked, view._seq = 40, 47
+    assert view.behind == 7
 
 
 def test_broadcaster_tells_a_late_server_from_a_browser_behind(hub: Hub) -> None:
