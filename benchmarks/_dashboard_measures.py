@@ -269,6 +269,34 @@ def parse_status(doc: Any) -> ServerStatus:
     return ServerStatus(**ints, **top, cpu_s=_number(doc, "cpu_s", "status", float), **extra)
 
 
+def worst_page_gaps(samples: Sequence[ServerStatus]) -> list[dict[str, Any]]:
+    """Per server page over ``samples`` (in order): its longest time without an update while connected, the
+    longest a queued update waited, and its browser's largest backlog of unacknowledged ticks.
+
+    Where a viewer that went quiet stopped: a page the server stopped updating, an update that never ran, or
+    ticks held for a browser that stopped acknowledging.
+
+    >>> a = {"session": "s1", "path": "/", "connected": True, "since_update_s": 0.1, "pending_s": None, "behind": 3}
+    >>> b = {**a, "since_update_s": 12.0, "behind": 40}
+    >>> s = [ServerStatus(1, 1, 0, 1, 100, 10, 0, 1, 1.0, pages=(p,)) for p in (a, b, {**a, "connected": False})]
+    >>> worst_page_gaps(s)
+    [{'session': 's1', 'path': '/', 'since_update_s': 12.0, 'pending_s': 0.0, 'behind': 40, 'samples': 2}]
+    """
+    worst: dict[str, dict[str, Any]] = {}
+    for st in samples:
+        for p in st.pages or ():
+            if not p.get("connected", True) or "session" not in p:
+                continue  # a closed tab waiting for its session's expiry is nobody's view
+            w = worst.setdefault(str(p["session"]), {"session": str(p["session"]), "path": p.get("path"),
+                                                      "since_update_s": 0.0, "pending_s": 0.0, "behind": 0,
+                                                      "samples": 0})
+            w["samples"] += 1
+            w["since_update_s"] = max(w["since_update_s"], float(p.get("since_update_s") or 0.0))
+            w["pending_s"] = max(w["pending_s"], float(p.get("pending_s") or 0.0))
+            w["behind"] = max(w["behind"], int(p.get("behind") or 0))
+    return sorted(worst.values(), key=lambda w: -w["since_update_s"])
+
+
 @dataclass(frozen=True)
 class PageRow:
     """One new ``live-timeline`` row as a viewer saw it (times: ``Date.now()`` ms of the page)."""

@@ -100,6 +100,7 @@ from benchmarks._dashboard_measures import (
     quantiles,
     seq_stats,
     slope_per_min,
+    worst_page_gaps,
 )
 from benchmarks.common import row, skipped, write_results
 
@@ -776,6 +777,12 @@ class Run:
             "missed_updates_server", float(st[-1].missed_updates - st[0].missed_updates) if len(st) > 1 else None,
             "ticks", MISSED_GOAL, why_missing="the dashboard has no /status.json",
             ticks=st[-1].ticks - st[0].ticks if len(st) > 1 else None))
+        gaps = worst_page_gaps(st)
+        if gaps:
+            self.rows.append(goal_row("server_page_longest_gap_s", gaps[0]["since_update_s"], "s", pages=gaps,
+                                      note="per connected page over the phase (/status.json every 2 s): its longest "
+                                           "time without an update, longest-waiting queued update, and most "
+                                           "ticks its browser had not acknowledged"))
         if st and st[-1].pages is not None:
             # where a viewer that stopped updating stopped: its page's updates, a queued update that never ran,
             # ticks held for an acknowledgement that never came, or a browser the server saw as disconnected

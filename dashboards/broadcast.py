@@ -62,12 +62,20 @@ class _Slot:
     def detail(self, now: float) -> dict[str, Any]:
         """This page's side of the ticks, for ``/status.json``: where a viewer that stopped updating stopped."""
         p = self.page
-        return {"path": getattr(p, "path", None), "age_s": round(now - self.registered_at, 1),
+        return {"session": _session_id(self.doc) or f"{id(p):x}", "path": getattr(p, "path", None),
+                "age_s": round(now - self.registered_at, 1),
                 "updates": self.updates, "since_update_s": round(now - self.ran_at, 1),
                 "pending_s": round(now - self.queued_at, 1) if self.pending else None,
                 "coalesced": p.coalesced, "held": p.held, "missed": p.missed,
                 "behind": getattr(p, "behind", None), "connected": _connected(self.doc),
                 "disconnected_ticks": self.disconnected}
+
+
+def _session_id(doc: Any) -> str | None:
+    """The first characters of ``doc``'s Bokeh session id (enough to tell a server's sessions apart)."""
+    context = getattr(doc, "session_context", None)
+    sid = getattr(context, "id", None) if context is not None else None
+    return str(sid)[:12] if sid else None
 
 
 def _connected(doc: Any) -> bool:
