@@ -103,6 +103,7 @@ class Broadcaster:
         self._delays = Timings(DELAYS_KEPT)  # ms from a tick to its update running
         self.late_ticks = 0  # ticks this thread could not close on time (it was starved of CPU)
         self.abandoned = 0  # updates dropped because their browser had gone (its rows are not owed to anyone)
+        self._turn = 0  # fan-outs so far: where the next one starts
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -202,6 +203,14 @@ class Broadcaster:
     def _fan_out(self) -> None:
         with self._lock:
             slots = list(self._slots.values())
+        # each tick starts with the next page: the IOLoop runs the updates in the order they are queued, and
+        # on a busy server the last ones are still queued at the next tick, so a fixed order made the same
+        # tabs draw fewer pictures every time (30-minute run 39: 6,799 updates for the first of ten, 5,247
+        # for the last)
+        if slots:
+            turn = self._turn % len(slots)
+            slots = slots[turn:] + slots[:turn]
+            self._turn += 1
         for slot in slots:
             if not _connected(slot.doc):
                 # the browser went away; Bokeh destroys the session after its expiry. Sending to it meanwhile
