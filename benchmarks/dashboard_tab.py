@@ -85,7 +85,7 @@ def summarise(kind: str, tabs: list[tuple[float, dict[str, float], float]]) -> l
 
 
 def run(chromium: str, tabs: int, path: str, settle_s: float, timeout_s: float,
-        reuse_sessions: bool = False) -> list[dict[str, Any]]:
+        reuse_sessions: bool = True) -> list[dict[str, Any]]:
     from dashboards.app import serve
     from dashboards.hub import Hub
     from dashboards.state import LiveState
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", default="/", help="the page (default /, the Overview)")
     p.add_argument("--settle-s", type=float, default=1.0, help="profile this long after Bokeh's views exist")
     p.add_argument("--chromium", default=None, help="Chromium executable (default /usr/bin/chromium)")
-    p.add_argument("--reuse-sessions", action="store_true", help="serve with dashboard.reuse_sessions on")
+    p.add_argument("--no-reuse-sessions", dest="reuse_sessions", action="store_false",
+                   help="serve without the page cache (dashboard.reuse_sessions, on by default)")
     args = p.parse_args(argv)
     started = time.monotonic()
     tabs = args.tabs or (3 if args.quick else 7)
