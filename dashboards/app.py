@@ -258,14 +258,14 @@ def serve(
     ``reuse_sessions`` answers a new tab's page from a cached session and builds the tab's own while its browser
     loads the scripts (Panel's ``reuse_sessions="warm"``); the server primes the cache itself.
     """
-    if host not in LOOPBACK and not (auth or {}).get("basic_auth") and not (auth or {}).get("oauth_provider"):
+    authenticated = bool((auth or {}).get("basic_auth") or (auth or {}).get("oauth_provider"))
+    if host not in LOOPBACK and not authenticated:
         log.warning("dashboard: serving on %s without authentication: anyone who reaches it sees the stream; "
                     "set dashboard.auth (basic_auth or oauth_*)", host)
     expiry_ms = int(session_expiry_s * 1000)
     # the page cache is primed by the server's own requests, which authentication would turn away; then the
     # first viewer's session would become the cache and outlive its tab (an orphan)
-    reuse = reuse_sessions and threaded and not (auth or {}).get("basic_auth") \
-        and not (auth or {}).get("oauth_provider")
+    reuse = reuse_sessions and threaded and not authenticated
     if reuse_sessions and not reuse:
         log.info("dashboard: reuse_sessions is off: it needs a threaded server without authentication")
     if reuse:

@@ -237,7 +237,7 @@ class Broadcaster:
         slot.pending = False
         slot.ran_at = time.monotonic()
         slot.updates += 1
-        self._delays.add((time.monotonic() - slot.queued_at) * 1000.0)
+        self._delays.add((slot.ran_at - slot.queued_at) * 1000.0)
         if not _connected(slot.doc):
             self.abandoned += 1  # the browser left between the tick and this update
             return

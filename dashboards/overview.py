@@ -156,7 +156,8 @@ class Overview(LivePage):
     # -- updates ------------------------------------------------------------------------------------------------
     def draw(self) -> None:
         state = self.hub.state
-        if self._acked is not None and self._seq > 0 and self._seq - self._acked > IN_FLIGHT_TICKS:
+        behind = self.behind
+        if behind is not None and self._seq > 0 and behind > IN_FLIGHT_TICKS:
             self.held += 1
             self.coalesced += 1  # drawn late, with the next update the browser can take
             return
