@@ -209,6 +209,8 @@ class ServerStatus:
     #: ms its handlers took (where data-to-screen goes before the server's clock)
     feed_delay_p95_ms: float | None = None
     feed_handler_p95_ms: float | None = None
+    #: records the feed has handed over since the server started (the work it has with no one watching)
+    feed_records: int | None = None
     #: the server's heap trimmer: trims so far, and the MB of RSS they gave back to the system
     heap_trims: int | None = None
     heap_trim_released_mb: float | None = None
@@ -259,6 +261,8 @@ def parse_status(doc: Any) -> ServerStatus:
                                  ("feed.handler_ms", feed.get("handler_ms"), "feed_handler_p95_ms")):
         if isinstance(summary, dict) and summary.get("p95") is not None:
             extra[name] = _number(summary, "p95", where, float)
+    if feed.get("records") is not None:
+        extra["feed_records"] = _number(feed, "records", "feed", int)
     trim = doc.get("heap_trim")
     if isinstance(trim, dict):
         extra["heap_trims"] = _number(trim, "trims", "heap_trim", int)

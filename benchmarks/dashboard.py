@@ -122,6 +122,10 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f} ms"
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
 def log(msg: str) -> None:
     print(f"[dashboard {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -616,6 +620,22 @@ class Sampler:
         key = "machine_busy_s" if name == "machine" else f"cpu:{name}"
         return cpu_pct(window[0][key], window[-1][key], window[0]["t"], window[-1]["t"])
 
+    def breakdown(self, t0: float, t1: float) -> dict[str, float | None]:
+        """% of a core each process tree used between ``t0`` and ``t1``, the machine's (200 = both cores),
+        and the neighbours' (the machine less this run's processes)."""
+        got = {name: self.cpu(name, t0, t1) for name in self.trees}
+        machine = self.cpu("machine", t0, t1)
+        ours = sum(v or 0.0 for v in got.values())
+        return {**got, "machine": machine, "neighbours": None if machine is None else machine - ours}
+
+    def feed_rate(self, t0: float, t1: float) -> float | None:
+        """Records a second the dashboard's feed handed over between ``t0`` and ``t1`` (None: not reported)."""
+        seen = [(s["t"], s["status"].feed_records) for s in self.between(t0, t1)
+                if s["status"] is not None and s["status"].feed_records is not None]
+        if len(seen) < 2 or seen[-1][0] <= seen[0][0]:
+            return None
+        return (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
+
 
 class Run:
     """The phases of one run over a started stack, browser and sampler; results land in ``rows``."""
@@ -829,13 +849,11 @@ class Run:
         if len(st) > 1:  # the server's own account of its CPU, beside psutil's
             self.rows.append(goal_row("dashboard_cpu_pct_viewers_self_reported",
                                       cpu_pct(st[0].cpu_s, st[-1].cpu_s, t0, t1), "% of a core"))
+        by_process = smp.breakdown(t0, t1)
         for name in ("engine", "browser", "broker", "producer", "benchmark", "machine"):
-            value = smp.cpu(name, t0, t1) if name == "machine" or name in smp.trees else None
-            self.rows.append(goal_row(f"cpu_pct_{name}_viewers", value, "% of a core",
+            self.rows.append(goal_row(f"cpu_pct_{name}_viewers", by_process.get(name), "% of a core",
                                       note="all cores together (200 = both)" if name == "machine" else None))
-        ours = sum(smp.cpu(n, t0, t1) or 0.0 for n in smp.trees)
-        machine = smp.cpu("machine", t0, t1)
-        self.rows.append(goal_row("cpu_pct_neighbours_viewers", machine - ours if machine is not None else None,
+        self.rows.append(goal_row("cpu_pct_neighbours_viewers", by_process["neighbours"],
                                   "% of a core", note="machine busy minus this run's processes: other work "
                                                       "on the shared machine"))
         q = quantiles([p if p is not None else 15_000.0 for p in self.probe_ms])  # a timeout counts as 15 s
@@ -893,7 +911,7 @@ class Run:
         # a hidden page gets no animation frames: the measurement needs every viewer on screen
         self.facts["hidden_viewers"] = sum(v.last is not None and v.last.visible is False for v in self.viewers)
         log(f"load: slowest viewer {min(rates) if total else 0:.1f} updates/s, dashboard {cpu_load or 0:.1f} % "
-            f"of a core, data-to-screen p95 {lq['p95']} ms, machine {machine or 0:.0f} %")
+            f"of a core, data-to-screen p95 {lq['p95']} ms, machine {by_process['machine'] or 0:.0f} %")
 
 
     def orphan_drill(self) -> None:
@@ -962,10 +980,19 @@ class Run:
         # back to idle, within the noise of a shared machine: 25 % of the baseline or 2 points, the larger
         bound = None if idle_cpu is None else idle_cpu + max(2.0, 0.25 * idle_cpu)
         goal = Goal("<=", bound, f"<= idle {idle_cpu:.1f} % + noise") if bound is not None else None
+        # the server's work with no one watching is its feed: after the load the engine may still be working
+        # off the backlog the load left, and the feed reads what it writes. Both windows, side by side
+        rate, rate_idle = self.sampler.feed_rate(t0, t1), self.sampler.feed_rate(*idle)
+        by_process, by_process_idle = self.sampler.breakdown(t0, t1), self.sampler.breakdown(*idle)
         self.rows.append(goal_row("dashboard_cpu_pct_after_all_closed", after, "% of a core", goal,
                                   idle_pct=idle_cpu, sessions_live=None if st is None else st.live,
-                                  machine_pct=self.sampler.cpu("machine", t0, t1),
-                                  machine_pct_idle=self.sampler.cpu("machine", *idle)))
+                                  machine_pct=by_process["machine"], machine_pct_idle=by_process_idle["machine"],
+                                  feed_records_per_s=_round(rate), feed_records_per_s_idle=_round(rate_idle),
+                                  cpu_pct_by_process={k: _round(v) for k, v in by_process.items()},
+                                  cpu_pct_by_process_idle={k: _round(v) for k, v in by_process_idle.items()}))
+        log(f"after all closed: dashboard {after or 0:.1f} % of a core (idle {idle_cpu or 0:.1f} %), its feed "
+            f"{rate or 0:,.0f} records/s (idle {rate_idle or 0:,.0f}); engine {by_process.get('engine') or 0:.0f} % "
+            f"(idle {by_process_idle.get('engine') or 0:.0f} %), machine {by_process['machine'] or 0:.0f} %")
         self.facts["drain_rounds_late"] = late
 
 

@@ -156,7 +156,7 @@ class _StatusHandler(RequestHandler):
                "cpu_s": cpu.user + cpu.system, "consuming": self.hub.state.running,
                "bad_records": self.hub.state.bad_records, "keys_tracked": self.hub.state.key_list(0)[0],
                "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0,
-               "feed": self.hub.state.feed.timing() if self.hub.state.feed is not None else None,
+               "feed": self.hub.state.feed.status() if self.hub.state.feed is not None else None,
                "closed_tab_writes": CLOSED_TAB_WRITES.count, "closed_tab_messages": CLOSED_TAB_MESSAGES.count,
                "heap_trim": self.hub.trimmer.status()}
         self.set_header("Content-Type", "application/json")

@@ -58,6 +58,7 @@ class KafkaFeed:
         self.poll_timeout_s = poll_timeout_s
         self.metadata_interval_s = metadata_interval_s
         self.errors = 0  # broker / handler errors survived (read by tests and the KPI row)
+        self.records = 0  # handed to the handlers: what the server's CPU is spent on when no one watches
         # where data-to-screen latency goes before the dashboard's clock: a batch's newest Kafka timestamp to
         # its hand-over (the broker, the producer's transaction, this thread), and how long its handlers took
         self.delays = Timings()
@@ -201,6 +202,7 @@ class KafkaFeed:
             self.delays.add(wall * 1000.0 - newest)
         started = time.perf_counter()
         for topic, (values, stamps) in by_topic.items():
+            self.records += len(values)
             try:
                 self.handlers[topic](values, stamps)
             except Exception:  # noqa: BLE001 - one broken batch must not stop the charts
@@ -212,3 +214,7 @@ class KafkaFeed:
     def timing(self) -> dict[str, dict[str, float | int | None]]:
         """Recent batches: ms from the newest record's Kafka timestamp to hand-over, and in the handlers."""
         return {"delay_ms": self.delays.summary(), "handler_ms": self.handling.summary()}
+
+    def status(self) -> dict[str, Any]:
+        """:meth:`timing`, and the records handed over so far (``/status.json``'s ``feed``)."""
+        return {**self.timing(), "records": self.records}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -131,14 +132,18 @@ def test_parse_status_reads_the_contract() -> None:
     more = parse_status({**STATUS, "held_updates": 7, "update_delay_ms": {"n": 9, "p50": 3.5, "p95": 41.0}})
     assert (more.held_updates, more.update_delay_p95_ms) == (7, 41.0)
     assert parse_status({**STATUS, "update_delay_ms": {"n": 0, "p95": None}}).update_delay_p95_ms is None
-    feed = parse_status({**STATUS, "feed": {"delay_ms": {"n": 4, "p95": 120.5}, "handler_ms": {"n": 4, "p95": 9.0}}})
-    assert (feed.feed_delay_p95_ms, feed.feed_handler_p95_ms) == (120.5, 9.0)
+    feed = parse_status({**STATUS, "feed": {"delay_ms": {"n": 4, "p95": 120.5}, "handler_ms": {"n": 4, "p95": 9.0},
+                                            "records": 8_000}})
+    assert (feed.feed_delay_p95_ms, feed.feed_handler_p95_ms, feed.feed_records) == (120.5, 9.0, 8_000)
+    assert s.feed_records is None
     assert parse_status({**STATUS, "feed": None}).feed_delay_p95_ms is None  # a server without a feed
     page = {"path": "/", "updates": 40, "since_update_s": 0.1, "pending_s": None, "behind": 3}
     assert parse_status({**STATUS, "pages": [page, "not a page"]}).pages == (page,)  # diagnostic: kept as sent
     assert s.pages is None
     with pytest.raises(BenchError, match="feed.delay_ms"):
         parse_status({**STATUS, "feed": {"delay_ms": {"p95": -1}}})
+    with pytest.raises(BenchError, match="feed.records is 1.5"):
+        parse_status({**STATUS, "feed": {"records": 1.5}})
 
 
 @pytest.mark.parametrize(("doc", "message"), [
@@ -313,3 +318,54 @@ def test_tab_benchmark_without_chromium_writes_why_it_skipped(tmp_path: Path) ->
     assert main(["--chromium", str(tmp_path / "no-browser"), "--out", str(out)]) == 0
     (skipped,) = json.loads(out.read_text())["results"]
     assert skipped["skipped"] is True and "no Chromium at" in skipped["reason"] and skipped["value"] is None
+
+
+# -- windows of the sampler ------------------------------------------------------------------------------
+class _Tree:
+    """Stands in for a process tree whose CPU seconds the test sets."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+
+    def cpu_s(self) -> float:
+        return self.cpu
+
+    def rss(self) -> int:
+        return 1
+
+
+class _Stack:
+    """What the sampler reads of the running stack: its process trees and /status.json."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, Any] = {}
+        self.broker_tree = None
+        self.answer: Any = None
+
+    def check(self) -> None:
+        pass
+
+    def status(self) -> Any:
+        return self.answer
+
+
+def test_a_window_says_what_each_process_used_and_how_fast_the_feed_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import dashboard as bench
+
+    clock = iter([100.0, 100.0, 110.0, 110.0, 120.0, 120.0])  # each sample reads the clock twice
+    busy = iter([50.0, 60.0, 68.0])  # the machine: 100 % then 80 % over the two windows
+    monkeypatch.setattr(bench, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(bench, "machine_busy_s", lambda: next(busy))
+    stack = _Stack()
+    smp = bench.Sampler(stack, type("B", (), {"pid": None})())  # type: ignore[arg-type]
+    smp.trees = {"dashboard": _Tree(), "engine": _Tree()}
+    for dash, engine, records in ((1.0, 2.0, 1_000), (2.0, 6.0, 21_000), (2.5, 7.0, None)):
+        smp.trees["dashboard"].cpu, smp.trees["engine"].cpu = dash, engine  # type: ignore[attr-defined]
+        stack.answer = parse_status({**STATUS, "feed": {"records": records}} if records else STATUS)
+        smp.mark()
+    first = smp.breakdown(100.0, 110.0)
+    assert first == pytest.approx({"dashboard": 10.0, "engine": 40.0, "machine": 100.0, "neighbours": 50.0})
+    assert smp.feed_rate(100.0, 110.0) == pytest.approx(2_000.0)
+    # a window the server did not report its feed in, or with one sample, has no rate rather than a made-up one
+    assert smp.feed_rate(110.0, 120.0) is None
+    assert smp.breakdown(120.0, 120.0) == {"dashboard": None, "engine": None, "machine": None, "neighbours": None}

@@ -30,7 +30,7 @@ class Msg:
         return TIMESTAMP_CREATE_TIME, self._ts
 
 
-def test_the_feed_reports_how_old_each_batch_was_and_how_long_its_handlers_took() -> None:
+def test_the_feed_reports_how_old_each_batch_was_how_long_its_handlers_took_and_how_many_records_came() -> None:
     got: list[tuple[list[bytes], list[float]]] = []
 
     def slow(values: list[bytes], stamps: list[float]) -> None:
@@ -47,3 +47,4 @@ def test_the_feed_reports_how_old_each_batch_was_and_how_long_its_handlers_took(
     assert timing["delay_ms"]["n"] == 1 and 250 <= timing["delay_ms"]["p50"] < 1_000  # type: ignore[operator]
     assert timing["handler_ms"]["n"] == 1 and timing["handler_ms"]["p50"] >= 30  # type: ignore[operator]
     assert got == [([b"a"], [(now_ms - 900) / 1000.0])]
+    assert feed.status()["records"] == 2  # both topics' records count, the handler's own or not
