@@ -1,8 +1,8 @@
 """The Overview page: headline numbers, throughput, anomalies, latency, lag, scores, dead letters, latest alerts.
 
 Every tick streams the ring's new rows into one ``ColumnDataSource`` (``live-timeline``) that the fast time
-charts share (drawn by :class:`~dashboards.livechart.LiveChart`: a tab redraws them ten times a second); the histogram, tables and numbers are re-sent only when their own data changed, at most once
-a second.
+charts share (drawn by :class:`~dashboards.livechart.LiveChart`: a tab redraws them ten times a second); the
+histogram, tables and numbers are re-sent only when their own data changed, at most once a second.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The look every page shares: one template, one palette (anomalies in red), figures with units, empty states.
 
-Live charts are plain Bokeh figures over ``ColumnDataSource``s that pages stream rows into: a HoloViews or
-hvPlot element re-renders its whole plot per update (measured 10-25 ms per plot and session), a streamed row
-costs well under a millisecond. hvPlot draws the history page, whose charts change only when a viewer asks.
+Live charts stream rows into ``ColumnDataSource``s: the Overview's, redrawn every tick, are canvases
+(:mod:`dashboards.livechart`), the Keys page's plain Bokeh figures (:func:`time_figure`). A HoloViews or hvPlot
+element re-renders its whole plot per update (measured 10-25 ms per plot and session), a streamed row costs well
+under a millisecond. hvPlot draws the history page, whose charts change only when a viewer asks.
 """
 
 from __future__ import annotations
