@@ -376,10 +376,11 @@ def _opt(v: Any, where: str) -> float | None:
 
 
 #: a first plot's way, in the order a page reaches them: the HTML's first and last byte, the last script's
-#: last byte, the DOM loaded (the scripts ran), the load event, Bokeh's document built, every view drawn once,
-#: the timeline's first row
-PHASES = ("response_start_ms", "response_end_ms", "scripts_ms", "dom_loaded_ms", "load_ms", "document_ms",
-          "rendered_ms", "found_ms")
+#: last byte, the DOM loaded (the scripts ran), the load event, Bokeh's websocket open, the server's document
+#: arrived on it (from the socket's opening to here the server built and sent the session; after it the
+#: browser builds it), Bokeh's document built, every view drawn once, the timeline's first row
+PHASES = ("response_start_ms", "response_end_ms", "scripts_ms", "dom_loaded_ms", "load_ms", "socket_open_ms",
+          "doc_received_ms", "document_ms", "rendered_ms", "found_ms")
 
 
 def phase_medians(phases: list[dict[str, float | None]]) -> dict[str, float | None]:

@@ -135,7 +135,27 @@ COLLECTOR_JS = """(() => {
   if (window.__isoBench) return;
   const NAME = "__NAME__";
   const S = window.__isoBench = {found_ms: null, rendered_ms: null, document_ms: null, last_seq: null, gaps: 0,
-                                 resets: 0, rows: [], errors: []};
+                                 resets: 0, rows: [], errors: [], socket_open_ms: null, doc_received_ms: null};
+  // the page's first websocket is Bokeh's: when it opened, and when the server's document came on it (the
+  // content of PULL-DOC-REPLY); seen before Bokeh's own handler, and only until the document came
+  const WS = window.WebSocket;
+  if (WS) {
+    window.WebSocket = class extends WS {
+      constructor(...args) {
+        super(...args);
+        if (S.socket_open_ms !== null || S.watching) return;
+        S.watching = true;
+        this.addEventListener("open", () => { S.socket_open_ms = performance.now(); }, {once: true});
+        const seen = (e) => {
+          if (typeof e.data === "string" && e.data.startsWith('{"doc"')) {
+            S.doc_received_ms = performance.now();
+            this.removeEventListener("message", seen);
+          }
+        };
+        this.addEventListener("message", seen);
+      }
+    };
+  }
   const unpainted = [];
   let src = null, raf = false, fast = null;
   const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : null;
@@ -210,6 +230,7 @@ COLLECTOR_JS = """(() => {
     const phases = {response_start_ms: at(nav.responseStart), response_end_ms: at(nav.responseEnd),
                     scripts_ms: at(Math.max(0, ...scripts.map((r) => r.responseEnd))),
                     dom_loaded_ms: at(nav.domContentLoadedEventEnd), load_ms: at(nav.loadEventEnd),
+                    socket_open_ms: S.socket_open_ms, doc_received_ms: S.doc_received_ms,
                     document_ms: S.document_ms, rendered_ms: S.rendered_ms, found_ms: S.found_ms};
     return {start: S.base, rows: S.rows.slice(0, k), found_ms: S.found_ms, rendered_ms: S.rendered_ms,
             gaps: S.gaps, resets: S.resets, errors: S.errors.slice(), phases,

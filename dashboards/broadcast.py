@@ -68,7 +68,36 @@ class _Slot:
                 "pending_s": round(now - self.queued_at, 1) if self.pending else None,
                 "coalesced": p.coalesced, "held": p.held, "missed": p.missed,
                 "behind": getattr(p, "behind", None), "connected": _connected(self.doc),
-                "disconnected_ticks": self.disconnected}
+                "disconnected_ticks": self.disconnected, **_wedge(self.doc)}
+
+
+def _held(lock: Any) -> bool | None:
+    """Whether a Tornado lock is held (None: not a lock this can read)."""
+    block = getattr(lock, "_block", None)  # Tornado's Lock has no public test; Panel reads the same field
+    value = getattr(block, "_value", None)
+    return None if value is None else value == 0
+
+
+def _unsent(stream: Any) -> int | None:
+    """Bytes a Tornado stream holds that the kernel has not taken (None: not a stream this can read)."""
+    buffer = getattr(stream, "_write_buffer", None)
+    return None if buffer is None else len(buffer)
+
+
+def _wedge(doc: Any) -> dict[str, Any]:
+    """Where an update that does not run may be waiting: the session's document lock (held by an earlier
+    update or message that has not finished), its websockets' write locks, and the bytes Tornado has not yet
+    handed to the kernel (a browser that stopped reading). None where this Bokeh or Tornado hides it."""
+    context = getattr(doc, "session_context", None)
+    session = getattr(context, "session", None) if context is not None else None
+    if session is None:
+        return {"doc_locked": None, "write_locked": None, "unsent_bytes": None}
+    sockets = [getattr(c, "_socket", None) for c in list(getattr(session, "_subscribed_connections", ()))]
+    writes = [_held(getattr(s, "write_lock", None)) for s in sockets]
+    unsent = [_unsent(getattr(getattr(s, "ws_connection", None), "stream", None)) for s in sockets]
+    return {"doc_locked": _held(getattr(session, "_lock", None)),
+            "write_locked": any(w for w in writes) if writes and None not in writes else None,
+            "unsent_bytes": sum(unsent) if unsent and None not in unsent else None}
 
 
 def _session_id(doc: Any) -> str | None:
@@ -221,8 +250,12 @@ class Broadcaster:
                 slot.page.coalesced += 1
                 if not slot.stuck_logged and time.monotonic() - slot.queued_at > STUCK_S:
                     slot.stuck_logged = True
+                    wedge = _wedge(slot.doc)
                     log.warning("dashboard: a %s page's update has waited %.0f s to run; its viewer sees no "
-                                "new data meanwhile", getattr(slot.page, "path", "?"), STUCK_S)
+                                "new data meanwhile (session %s: document lock held %s, websocket write lock "
+                                "held %s, %s bytes not yet sent)", getattr(slot.page, "path", "?"), STUCK_S,
+                                _session_id(slot.doc), wedge["doc_locked"], wedge["write_locked"],
+                                wedge["unsent_bytes"])
                 continue
             slot.pending = True
             slot.queued_at = time.monotonic()

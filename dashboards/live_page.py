@@ -1,4 +1,5 @@
-"""What every live page shares: its life cycle with the broadcaster, and its status line.
+"""What every live page shares: its life cycle with the broadcaster, its status line, and the banner that says
+when its updates stopped coming (:mod:`dashboards.watchdog`).
 
 A page does no work until its browser has loaded it, and none after Bokeh destroys its session (the browser
 went away, before or after the page loaded): see :mod:`dashboards.broadcast`.
@@ -13,8 +14,10 @@ from typing import Any
 
 import panel as pn
 
+from dashboards import watchdog
 from dashboards.hub import Hub
 from dashboards.theme import CONTAINED, html_pane, template
+from dashboards.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 1.0
@@ -35,6 +38,8 @@ class LivePage(pn.viewable.Viewer):
         self.updates = 0
         self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width", styles=CONTAINED)
         self._status_at = 0.0
+        # the browser's own check that updates still come: the beat goes with the status line
+        self._watchdog = Watchdog(after_s=watchdog.SILENT_S)
 
     # -- the broadcaster's side ---------------------------------------------------------------------------
     def attach(self) -> None:
@@ -66,6 +71,7 @@ class LivePage(pn.viewable.Viewer):
             if now - self._status_at >= STATUS_EVERY_S:
                 self._status_at = now
                 self._status.object = self.status_line()
+                self._watchdog.beat += 1
 
     def draw(self) -> None:  # pragma: no cover - every page has its own
         raise NotImplementedError
@@ -89,10 +95,10 @@ class LivePage(pn.viewable.Viewer):
         raise NotImplementedError
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._status, *self.body(), sizing_mode="stretch_width")
+        return pn.Column(self._watchdog, self._status, *self.body(), sizing_mode="stretch_width")
 
     def page(self) -> pn.template.BaseTemplate:
         """This page in the shared template, hooked to its session: what a route serves."""
         self.attach()
         self.update()
-        return template(self.title, self.path, self._status, *self.body())
+        return template(self.title, self.path, self._watchdog, self._status, *self.body())

@@ -544,6 +544,42 @@ def test_the_page_cache_is_the_servers_own_and_never_a_viewers(server: ServerHan
     assert tab.errors == []
 
 
+def test_a_page_says_when_its_updates_stop_coming(world: World, context: BrowserContext, artifacts: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's watchdog: silent while beats come, a banner once they stop, gone when they come again. Its
+    own hub and server, so that stopping its clock stops no other test's pages."""
+    from dashboards import watchdog
+
+    monkeypatch.setattr(watchdog, "SILENT_S", 2.0)
+    own = hub_for(world.cfg).start()
+    handle = serve(own, port=free_port())
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    try:
+        page.goto(handle.url + "incidents")
+        banner = page.locator(".iso-stale")
+        wait_until(lambda: status(handle)["sessions"]["ticking"] == 1, "the tab ticking")
+        time.sleep(3 * watchdog.SILENT_S)
+        assert not banner.is_visible()  # beats come: no banner, however long
+        [where] = status(handle)["pages"]
+        # where a wedged update would wait, read from this Bokeh and Tornado (None would mean they hide it)
+        assert where["doc_locked"] in (False, True) and where["write_locked"] in (False, True)
+        assert isinstance(where["unsent_bytes"], int)
+        own.broadcaster.stop()
+        wait_until(banner.is_visible, "the banner once the server stopped updating", timeout_s=10)
+        assert re.match(r"No update from the dashboard server for \d+ s", banner.inner_text())
+        page.screenshot(path=str(artifacts / "incidents-stale.png"))
+        own.broadcaster.start()
+        wait_until(lambda: not banner.is_visible(), "the banner gone once updates came again", timeout_s=10)
+        assert errors == []
+    finally:
+        page.close()
+        handle.stop()
+        own.stop()
+
+
 def handshake_and_close_at_once(url: str) -> bytes:
     """GET ``url`` (a session), then send its websocket handshake and a close frame in one TCP write.
 

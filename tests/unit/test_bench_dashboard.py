@@ -171,8 +171,10 @@ def test_parse_drain_reads_rows_and_first_plot() -> None:
     assert parse_drain({"rows": [], "found_ms": 800.0, "rendered_ms": None}).first_plot_ms is None
     assert d.visible is None  # an older collector's document: unknown, not hidden
     assert parse_drain({"rows": [], "visible": False}).visible is False
-    phased = parse_drain({"rows": [], "phases": {"response_start_ms": 40.0, "document_ms": 900, "found_ms": None}})
+    phased = parse_drain({"rows": [], "phases": {"response_start_ms": 40.0, "doc_received_ms": 700,
+                                                 "document_ms": 900, "found_ms": None}})
     assert phased.phases["response_start_ms"] == 40.0 and phased.phases["document_ms"] == 900.0
+    assert phased.phases["doc_received_ms"] == 700.0 and phased.phases["socket_open_ms"] is None
     assert phased.phases["found_ms"] is None and phased.phases["load_ms"] is None
     with pytest.raises(BenchError, match=r"phases\.load_ms"):
         parse_drain({"rows": [], "phases": {"load_ms": "soon"}})

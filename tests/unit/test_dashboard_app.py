@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -261,14 +262,23 @@ def test_status_says_where_each_page_stands(hub: Hub, monkeypatch: pytest.Monkey
     monkeypatch.setattr(broadcast, "STUCK_S", 0.02)
     b._fan_out()
     time.sleep(0.05)
+    session = doc.session_context.session
+    session._lock = lock(True)  # an earlier update holds the document, its write to the browser unfinished
+    [conn] = session._subscribed_connections
+    conn._socket.write_lock = lock(True)
+    conn._socket.ws_connection.stream._write_buffer = bytes(4_096)
     with caplog.at_level(logging.WARNING, logger="dashboards.broadcast"):
         b._fan_out()  # the first update has not run: coalesced, and it has waited past STUCK_S
         b._fan_out()
     assert [r.getMessage() for r in caplog.records if "waited" in r.getMessage()] == [
-        "dashboard: a /keys page's update has waited 0 s to run; its viewer sees no new data meanwhile"]
+        "dashboard: a /keys page's update has waited 0 s to run; its viewer sees no new data meanwhile "
+        "(session None: document lock held True, websocket write lock held True, 4096 bytes not yet sent)"]
     [queued] = b.status()["pages"]
     assert queued["path"] == "/keys" and queued["updates"] == 0 and queued["pending_s"] >= 0.05
     assert queued["coalesced"] == 2 and queued["behind"] is None  # a page without flow control
+    assert (queued["doc_locked"], queued["write_locked"], queued["unsent_bytes"]) == (True, True, 4_096)
+    session._lock = conn._socket.write_lock = lock(False)
+    conn._socket.ws_connection.stream._write_buffer = b""
     doc.run()
     doc.leave()
     b._fan_out()  # its browser is gone: skipped, and counted
@@ -313,9 +323,19 @@ def test_broadcaster_survives_a_failing_page(hub: Hub) -> None:
     assert b.errors == 1
 
 
+def lock(held: bool) -> Any:
+    """Stands in for a Tornado lock: the field the server reads to tell whether it is held."""
+    return SimpleNamespace(_block=SimpleNamespace(_value=0 if held else 1))
+
+
 class Session:
     def __init__(self) -> None:
         self.destroyed, self.connection_count = False, 1
+        # what a wedged update may wait on: the document lock, the websocket's write lock, unsent bytes
+        self._lock = lock(False)
+        socket = SimpleNamespace(write_lock=lock(False),
+                                 ws_connection=SimpleNamespace(stream=SimpleNamespace(_write_buffer=b"")))
+        self._subscribed_connections = [SimpleNamespace(_socket=socket)]
 
 
 class ServedDoc(Doc):
