@@ -335,7 +335,8 @@ def hub_for(cfg: Config, *, dask_url: str | None = None) -> Hub:
     if url is None and cfg.cluster.scheduler is None:
         url = f"http://{cfg.cluster.dashboard_address}/status"
     return Hub.build(state, tick_ms=cfg.dashboard.refresh_ms, models=ModelsWatch(cfg),
-                     history=History.from_config(cfg), dask_url=url, heap_trim_s=cfg.dashboard.heap_trim_s)
+                     history=History.from_config(cfg), dask_url=url, heap_trim_s=cfg.dashboard.heap_trim_s,
+                     stale_after_s=cfg.dashboard.stale_after_s)
 
 
 def serve_config(cfg: Config, hub: Hub, *, show: bool = False) -> ServerHandle:

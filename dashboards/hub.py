@@ -14,6 +14,7 @@ from dashboards.broadcast import Broadcaster
 from dashboards.heap_trim import HeapTrimmer
 from dashboards.models_watch import ModelsWatch
 from dashboards.state import LiveState
+from dashboards.watchdog import SILENT_S
 
 
 @dataclass
@@ -27,14 +28,17 @@ class Hub:
     dask_url: str | None = None
     key_field: str | None = None
     trimmer: HeapTrimmer = field(default_factory=lambda: HeapTrimmer(0.0))
+    #: a live page shows its no-update banner after this long without one (0: never; dashboards/watchdog.py)
+    stale_after_s: float = SILENT_S
 
     @classmethod
     def build(cls, state: LiveState, *, tick_ms: int = 100, models: ModelsWatch | None = None, history: Any = None,
-              dask_url: str | None = None, heap_trim_s: float = 60.0) -> Hub:
+              dask_url: str | None = None, heap_trim_s: float = 60.0, stale_after_s: float = SILENT_S) -> Hub:
         """A hub over ``state`` whose clock also polls ``models`` (every 2 s, off the server's event loop), and
         whose trimmer gives the C heap's free pages back every ``heap_trim_s`` (0: never)."""
         broadcaster = Broadcaster(state, tick_ms, on_tick=models.poll if models is not None else None)
-        return cls(state, broadcaster, models, history, dask_url, state.key_field, HeapTrimmer(heap_trim_s))
+        return cls(state, broadcaster, models, history, dask_url, state.key_field, HeapTrimmer(heap_trim_s),
+                   stale_after_s)
 
     def start(self) -> Hub:
         self.state.start()

@@ -14,7 +14,6 @@ from typing import Any
 
 import panel as pn
 
-from dashboards import watchdog
 from dashboards.hub import Hub
 from dashboards.theme import CONTAINED, html_pane, template
 from dashboards.watchdog import Watchdog
@@ -39,7 +38,7 @@ class LivePage(pn.viewable.Viewer):
         self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width", styles=CONTAINED)
         self._status_at = 0.0
         # the browser's own check that updates still come: the beat goes with the status line
-        self._watchdog = Watchdog(after_s=watchdog.SILENT_S)
+        self._watchdog = Watchdog(after_s=hub.stale_after_s) if hub.stale_after_s > 0 else None
 
     # -- the broadcaster's side ---------------------------------------------------------------------------
     def attach(self) -> None:
@@ -71,7 +70,8 @@ class LivePage(pn.viewable.Viewer):
             if now - self._status_at >= STATUS_EVERY_S:
                 self._status_at = now
                 self._status.object = self.status_line()
-                self._watchdog.beat += 1
+                if self._watchdog is not None:
+                    self._watchdog.beat += 1
 
     def draw(self) -> None:  # pragma: no cover - every page has its own
         raise NotImplementedError
@@ -95,10 +95,13 @@ class LivePage(pn.viewable.Viewer):
         raise NotImplementedError
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self._watchdog, self._status, *self.body(), sizing_mode="stretch_width")
+        return pn.Column(*self._top(), *self.body(), sizing_mode="stretch_width")
+
+    def _top(self) -> list[Any]:
+        return [self._status] if self._watchdog is None else [self._watchdog, self._status]
 
     def page(self) -> pn.template.BaseTemplate:
         """This page in the shared template, hooked to its session: what a route serves."""
         self.attach()
         self.update()
-        return template(self.title, self.path, self._watchdog, self._status, *self.body())
+        return template(self.title, self.path, *self._top(), *self.body())

@@ -544,14 +544,12 @@ def test_the_page_cache_is_the_servers_own_and_never_a_viewers(server: ServerHan
     assert tab.errors == []
 
 
-def test_a_page_says_when_its_updates_stop_coming(world: World, context: BrowserContext, artifacts: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_page_says_when_its_updates_stop_coming(world: World, context: BrowserContext, artifacts: Path) -> None:
     """The page's watchdog: silent while beats come, a banner once they stop, gone when they come again. Its
     own hub and server, so that stopping its clock stops no other test's pages."""
-    from dashboards import watchdog
-
-    monkeypatch.setattr(watchdog, "SILENT_S", 2.0)
-    own = hub_for(world.cfg).start()
+    own = hub_for(world.cfg)
+    own.stale_after_s = 2.0
+    own.start()
     handle = serve(own, port=free_port())
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
@@ -561,7 +559,7 @@ def test_a_page_says_when_its_updates_stop_coming(world: World, context: Browser
         page.goto(handle.url + "incidents")
         banner = page.locator(".iso-stale")
         wait_until(lambda: status(handle)["sessions"]["ticking"] == 1, "the tab ticking")
-        time.sleep(3 * watchdog.SILENT_S)
+        time.sleep(3 * own.stale_after_s)
         assert not banner.is_visible()  # beats come: no banner, however long
         [where] = status(handle)["pages"]
         # where a wedged update would wait, read from this Bokeh and Tornado (None would mean they hide it)

@@ -58,6 +58,13 @@ def test_unknown_backend_rejected() -> None:
         load(overrides={"cluster": {"backend": "tpu"}}, environ={})
 
 
+def test_stale_banner_delay_is_off_or_at_least_the_beat() -> None:
+    assert load(overrides={"dashboard": {"stale_after_s": 0}}, environ={}).dashboard.stale_after_s == 0.0
+    assert load(environ={"ISOSTREAM__DASHBOARD__STALE_AFTER_S": "30"}).dashboard.stale_after_s == 30.0
+    with pytest.raises(ConfigError, match=r"dashboard\.stale_after_s.*once a second"):
+        load(overrides={"dashboard": {"stale_after_s": 0.5}}, environ={})
+
+
 def test_feature_must_be_declared_numeric() -> None:
     with pytest.raises(ConfigError, match="station_id"):
         load(overrides={"features": {"numeric": ["station_id"]}}, environ={})

@@ -75,6 +75,21 @@ def test_every_page_builds_over_an_empty_state_with_empty_states(hub: Hub, page:
     assert "waiting" in view.status_line() or "no missed updates" in view.status_line()
 
 
+def test_a_live_page_beats_with_its_status_line_unless_its_banner_is_off(hub: Hub) -> None:
+    view = KeysPage(hub)
+    view.update()
+    view.update()  # within the second: no second status line, no second beat
+    assert view._watchdog is not None and view._watchdog.beat == 1
+    assert view._watchdog.after_s == hub.stale_after_s == 10.0
+    view._status_at -= 1.0
+    view.update()
+    assert view._watchdog.beat == 2
+    hub.stale_after_s = 0.0
+    quiet = KeysPage(hub)
+    quiet.update()
+    assert quiet._watchdog is None and quiet._top() == [quiet._status]
+
+
 def test_overview_sends_the_whole_ring_then_one_row_per_tick(hub: Hub, clock: Clock) -> None:
     hub.state.ingest_scores(scores(50))
     tick(hub, clock, 3)
