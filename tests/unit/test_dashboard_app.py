@@ -7,6 +7,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -387,6 +388,47 @@ def test_an_update_for_a_browser_that_left_is_dropped_not_an_error(hub: Hub) -> 
     b._fan_out()
     doc.run()
     assert b.errors == 0 and b.status()["abandoned_updates"] == 2
+
+
+def test_a_served_pages_updates_are_queued_from_its_event_loop_never_from_the_clock(hub: Hub) -> None:
+    """A document on hold loses a callback announced from another thread (see Broadcaster._dispatch): the
+    clock's thread only asks the loop to queue the updates."""
+    from tornado.ioloop import IOLoop
+
+    queued_on: list[int] = []
+
+    class LoopDoc(Doc):
+        def add_next_tick_callback(self, cb: Any) -> None:
+            queued_on.append(threading.get_ident())
+            loop.add_callback(cb)  # as Bokeh's session does: the update runs on the loop
+
+    started = threading.Event()
+    loop_thread: dict[str, Any] = {}
+
+    def serve_loop() -> None:
+        loop_thread["loop"] = IOLoop()
+        loop_thread["ident"] = threading.get_ident()
+        loop_thread["loop"].add_callback(started.set)
+        loop_thread["loop"].start()
+
+    server = threading.Thread(target=serve_loop, daemon=True)
+    server.start()
+    assert started.wait(10)
+    loop = loop_thread["loop"]
+    b = Broadcaster(hub.state, 20)
+    page = Page()
+    loop.add_callback(b.register, page, LoopDoc())  # as Panel's onload does: on the server's loop
+    b.start()
+    try:
+        wait = time.monotonic() + 10
+        while page.calls < 5 and time.monotonic() < wait:
+            time.sleep(0.02)
+    finally:
+        b.stop()
+        loop.add_callback(loop.stop)
+        server.join(10)
+    assert page.calls >= 5
+    assert set(queued_on) == {loop_thread["ident"]}  # every update queued on the loop's own thread
 
 
 def test_broadcaster_thread_ticks_the_state(hub: Hub) -> None:
