@@ -126,6 +126,22 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
 
+def _per_s(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def written_rate(before: int, after: int, seconds: float) -> float | None:
+    """Records a second between two readings of a topic's high watermark; None when the broker reported a
+    lower one the second time (tansu did, once in quick run 47: a rate of -1,030 a second is no reading).
+
+    >>> written_rate(1_000, 21_000, 10.0), written_rate(21_000, 1_000, 10.0)
+    (2000.0, None)
+    """
+    if after < before or seconds <= 0:
+        return None
+    return (after - before) / seconds
+
+
 def log(msg: str) -> None:
     print(f"[dashboard {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -670,7 +686,7 @@ class Run:
         self.probe_ms: list[float | None] = []
         self.probe_phases: list[dict[str, float | None]] = []  # per probe: where its first plot's time went
         self.load_wall_ms = (0.0, 0.0)
-        self.idle_scores_per_s = 0.0  # scores the engine wrote a second over the idle baseline
+        self.idle_scores_per_s: float | None = None  # scores the engine wrote a second over the idle baseline
         self._next_heap = self._next_retained = 0.0
 
     # the one loop everything waits in: it keeps every open viewer drained; nothing in it blocks on a tab
@@ -711,7 +727,7 @@ class Run:
         t0 = self.sampler.mark()
         self.idle_for(s.idle_s)
         idle = (t0, self.sampler.mark())
-        self.idle_scores_per_s = (self.scores_written() - written0) / (idle[1] - idle[0])
+        self.idle_scores_per_s = written_rate(written0, self.scores_written(), idle[1] - idle[0])
         idle_cpu = self.sampler.cpu("dashboard", *idle)
         self.facts["status_json"] = self.stack.has_status
         log(f"idle: dashboard {idle_cpu or 0:.1f} % of a core; /status.json "
@@ -765,9 +781,9 @@ class Run:
         self.facts["events_per_s_produced"] = (high_watermarks(self.stack.bootstrap, "dash-events") - w0) / (t1 - t0)
         # what the engine kept up with: the dashboard can only show what the engine wrote (the test broker,
         # tansu in memory, slowed the engine in the last minutes of 30-minute run 42)
-        self.facts["scores_per_s_written"] = (self.scores_written() - written0) / (t1 - t0)
+        self.facts["scores_per_s_written"] = written_rate(written0, self.scores_written(), t1 - t0)
         log(f"load: {self.facts['events_per_s_produced']:,.0f} events/s produced, the engine wrote "
-            f"{self.facts['scores_per_s_written']:,.0f} scores/s")
+            f"{_per_s(self.facts['scores_per_s_written'])} scores/s")
         for v in self.viewers:  # and one reading at its end
             v.weigh("retained")
         # the rows that arrived before the end, still in the pages: a few seconds to hand them over
@@ -1010,7 +1026,7 @@ class Run:
         t0 = self.sampler.mark()
         self.idle_for(self.s.idle_s)
         t1 = self.sampler.mark()
-        written = (self.scores_written() - written0) / (t1 - t0)
+        written = written_rate(written0, self.scores_written(), t1 - t0)
         after = self.sampler.cpu("dashboard", t0, t1)
         idle_cpu = self.sampler.cpu("dashboard", *idle)
         # back to idle, within the noise of a shared machine: 25 % of the baseline or 2 points, the larger
@@ -1029,8 +1045,8 @@ class Run:
                                   cpu_pct_by_process={k: _round(v) for k, v in by_process.items()},
                                   cpu_pct_by_process_idle={k: _round(v) for k, v in by_process_idle.items()}))
         log(f"after all closed: dashboard {after or 0:.1f} % of a core (idle {idle_cpu or 0:.1f} %), its feed "
-            f"{rate or 0:,.0f} records/s (idle {rate_idle or 0:,.0f}); the engine wrote {written:,.0f} scores/s "
-            f"(idle {self.idle_scores_per_s:,.0f}) at {by_process.get('engine') or 0:.0f} % of a core "
+            f"{rate or 0:,.0f} records/s (idle {rate_idle or 0:,.0f}); the engine wrote {_per_s(written)} scores/s "
+            f"(idle {_per_s(self.idle_scores_per_s)}) at {by_process.get('engine') or 0:.0f} % of a core "
             f"(idle {by_process_idle.get('engine') or 0:.0f} %), machine {by_process['machine'] or 0:.0f} %")
         self.facts["drain_rounds_late"] = late
 
