@@ -233,7 +233,11 @@ class Broadcaster:
             except Exception:  # noqa: BLE001 - the clock of every viewer must keep going
                 self.errors += 1
                 log.exception("dashboard: tick failed")
-            self._dispatch()
+            try:
+                self._dispatch()
+            except Exception:  # noqa: BLE001 - nor may one page's queueing stop it
+                self.errors += 1
+                log.exception("dashboard: queueing the tick's updates failed")
 
     def _dispatch(self) -> None:
         """Queue this tick's page updates from the event loop that serves them, never from this thread.
