@@ -778,11 +778,12 @@ class Run:
         self.idle_for(max(0.0, end - time.monotonic()), heap=True)
         t1 = self.sampler.mark()
         self.load_wall_ms = (wall0, time.time() * 1e3)  # the pages' clock: Date.now()
-        self.facts["events_per_s_produced"] = (high_watermarks(self.stack.bootstrap, "dash-events") - w0) / (t1 - t0)
+        self.facts["events_per_s_produced"] = written_rate(w0, high_watermarks(self.stack.bootstrap, "dash-events"),
+                                                           t1 - t0)
         # what the engine kept up with: the dashboard can only show what the engine wrote (the test broker,
         # tansu in memory, slowed the engine in the last minutes of 30-minute run 42)
         self.facts["scores_per_s_written"] = written_rate(written0, self.scores_written(), t1 - t0)
-        log(f"load: {self.facts['events_per_s_produced']:,.0f} events/s produced, the engine wrote "
+        log(f"load: {_per_s(self.facts['events_per_s_produced'])} events/s produced, the engine wrote "
             f"{_per_s(self.facts['scores_per_s_written'])} scores/s")
         for v in self.viewers:  # and one reading at its end
             v.weigh("retained")
