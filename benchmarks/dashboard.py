@@ -31,7 +31,10 @@ carry the engine's, browser's and the rest of the machine's CPU over the same ph
 
 Usage: ``python -m benchmarks dashboard [--quick]`` -> ``benchmarks/results/dashboard.json`` (quick: 120 s of
 load, five to seven minutes in all on a busy two-core machine; full: 1800 s, the issue's 30 minutes).
-``--dashboard-command`` measures another server under the same load. Without Chromium it writes one row
+``--dashboard-command`` measures another server under the same load. ``--browser-priority`` sets the browser's CPU priority:
+``user`` (default) as for a viewer who is not root; ``chromium`` what Chromium sets itself, which as root
+raises its browser and GPU processes above the servers (the rig of runs up to 50); ``idle`` only the CPU the
+rest leaves, as if the viewers' browsers ran on their own machines. Without Chromium it writes one row
 saying why it skipped, and exits 0; a run that fails part-way writes the rows it measured and a ``failed``
 row, and exits 1.
 """
@@ -55,7 +58,7 @@ from concurrent.futures import ALL_COMPLETED, Future, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -64,8 +67,10 @@ import yaml
 
 from benchmarks._browser import (
     DEFAULT_ARGS,
+    PRIORITIES,
     Browser,
     BrowserError,
+    Priority,
     Tab,
     die_with_parent,
     find_chromium,
@@ -369,6 +374,8 @@ class Settings:
     dashboard_command: str | None = None
     #: dashboard options over configs/demo.yaml's (``--dashboard-option KEY=VALUE``): an A/B of one setting
     dashboard_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the browser's CPU priority (``--browser-priority``, benchmarks._browser.PRIORITIES)
+    browser_priority: str = "user"
 
 
 def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple[Path, dict[str, Any]]:
@@ -1063,6 +1070,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         partitions=args.partitions, drill_http=4 if quick else 20, drill_early=4 if quick else 20,
         drill_loaded=3 if quick else 10, drill_deadline_s=60.0, seed=args.seed, chromium=args.chromium,
         dashboard_command=args.dashboard_command, dashboard_options=dict(args.dashboard_option),
+        browser_priority=args.browser_priority,
     )
 
 
@@ -1094,6 +1102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="a dashboard setting over configs/demo.yaml's, e.g. reuse_sessions=false (repeatable)")
+    p.add_argument("--browser-priority", choices=PRIORITIES, default="user",
+                   help="the browser's CPU priority. user (default): as for a viewer who is not root; chromium: "
+                        "what Chromium sets itself, which as root raises its browser and GPU processes above the "
+                        "servers (the rig of runs up to 50); idle: only the CPU the engine, broker and servers "
+                        "leave, as if the viewers' browsers ran on their own machines (a diagnostic that tells "
+                        "the servers' delays from those of ten tabs sharing their cores)")
     args = p.parse_args(argv)
     for name in ("viewers", "tick_ms", "engine_workers", "partitions"):
         if getattr(args, name) < 1:
@@ -1133,7 +1147,7 @@ def run(s: Settings, chromium: str, keep: Path | None) -> tuple[list[dict[str, A
             else:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="isostream-dash-bench-")))
             load = stack.enter_context(load_stack(s, workdir))
-            browser = stack.enter_context(Browser(chromium))
+            browser = stack.enter_context(Browser(chromium, priority=cast(Priority, s.browser_priority)))
             sampler = stack.enter_context(Sampler(load, browser))
             r = Run(s, load, browser, sampler)
             rows, facts = r.rows, r.facts

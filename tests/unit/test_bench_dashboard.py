@@ -231,6 +231,7 @@ def test_without_chromium_it_skips_with_a_row_saying_why(tmp_path: Path) -> None
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "dashboard" and doc["settings"]["quick"] is True
     assert doc["settings"]["duration_s"] == 120.0 and doc["settings"]["viewers"] == 10
+    assert doc["settings"]["browser_priority"] == "user"  # what a run's figures were measured under
     [r] = doc["results"]
     assert r["skipped"] is True and r["value"] is None and "no-chromium" in r["reason"]
 
@@ -242,6 +243,9 @@ def test_bad_arguments_are_refused_by_name(capsys: pytest.CaptureFixture[str], t
     with pytest.raises(SystemExit):
         main(["--rate", "-5", "--out", str(tmp_path / "x.json")])
     assert "--rate and --duration-s must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--browser-priority", "high", "--out", str(tmp_path / "x.json")])
+    assert "--browser-priority: invalid choice: 'high'" in capsys.readouterr().err
 
 
 def test_parse_status_reads_the_extras_when_a_server_reports_them() -> None:
