@@ -98,7 +98,8 @@ class Browser:
     """
 
     def __init__(self, executable: str | None = None, args: tuple[str, ...] = DEFAULT_ARGS,
-                 window: tuple[int, int] = (1400, 1000), timeout_s: float = 30.0, priority: Priority = "user") -> None:
+                 window: tuple[int, int] = (1400, 1000), timeout_s: float = 30.0,
+                 priority: Priority = "user") -> None:
         found = find_chromium(executable)
         if found is None:
             msg = f"browser: no Chromium executable (asked for {executable or CHROMIUM!r}; set $CHROMIUM)"

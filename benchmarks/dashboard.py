@@ -31,12 +31,12 @@ carry the engine's, browser's and the rest of the machine's CPU over the same ph
 
 Usage: ``python -m benchmarks dashboard [--quick]`` -> ``benchmarks/results/dashboard.json`` (quick: 120 s of
 load, five to seven minutes in all on a busy two-core machine; full: 1800 s, the issue's 30 minutes).
-``--dashboard-command`` measures another server under the same load. ``--browser-priority`` sets the browser's CPU priority:
-``user`` (default) as for a viewer who is not root; ``chromium`` what Chromium sets itself, which as root
-raises its browser and GPU processes above the servers (the rig of runs up to 50); ``idle`` only the CPU the
-rest leaves, as if the viewers' browsers ran on their own machines. Without Chromium it writes one row
-saying why it skipped, and exits 0; a run that fails part-way writes the rows it measured and a ``failed``
-row, and exits 1.
+``--dashboard-command`` measures another server under the same load. ``--browser-priority`` sets the
+browser's CPU priority: ``user`` (default) as for a viewer who is not root; ``chromium`` what Chromium sets
+itself, which as root raises its browser and GPU processes above the servers (the rig of runs up to 50);
+``idle`` only the CPU the rest leaves, as if the viewers' browsers ran on their own machines. Without Chromium
+it writes one row saying why it skipped, and exits 0; a run that fails part-way writes the rows it measured
+and a ``failed`` row, and exits 1.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from concurrent.futures import ALL_COMPLETED, Future, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import numpy as np
@@ -375,7 +375,7 @@ class Settings:
     #: dashboard options over configs/demo.yaml's (``--dashboard-option KEY=VALUE``): an A/B of one setting
     dashboard_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the browser's CPU priority (``--browser-priority``, benchmarks._browser.PRIORITIES)
-    browser_priority: str = "user"
+    browser_priority: Priority = "user"
 
 
 def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple[Path, dict[str, Any]]:
@@ -1147,7 +1147,7 @@ def run(s: Settings, chromium: str, keep: Path | None) -> tuple[list[dict[str, A
             else:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="isostream-dash-bench-")))
             load = stack.enter_context(load_stack(s, workdir))
-            browser = stack.enter_context(Browser(chromium, priority=cast(Priority, s.browser_priority)))
+            browser = stack.enter_context(Browser(chromium, priority=s.browser_priority))
             sampler = stack.enter_context(Sampler(load, browser))
             r = Run(s, load, browser, sampler)
             rows, facts = r.rows, r.facts
