@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import psutil
 from websockets.exceptions import ConnectionClosed
@@ -61,7 +61,8 @@ Priority = Literal["chromium", "user", "idle"]
 #: (containers, CI) raises its browser and GPU processes to nice -8, above every other process on the machine;
 #: the dashboard benchmark's runs up to 50 ran so. ``idle``: Linux ``SCHED_IDLE``, only the CPU that other
 #: work leaves, as if the browser ran on another machine.
-PRIORITIES: tuple[Priority, ...] = ("chromium", "user", "idle")
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+DEFAULT_PRIORITY: Priority = "user"
 
 
 class BrowserError(RuntimeError):
@@ -99,7 +100,7 @@ class Browser:
 
     def __init__(self, executable: str | None = None, args: tuple[str, ...] = DEFAULT_ARGS,
                  window: tuple[int, int] = (1400, 1000), timeout_s: float = 30.0,
-                 priority: Priority = "user") -> None:
+                 priority: Priority = DEFAULT_PRIORITY) -> None:
         found = find_chromium(executable)
         if found is None:
             msg = f"browser: no Chromium executable (asked for {executable or CHROMIUM!r}; set $CHROMIUM)"
@@ -476,4 +477,4 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-_PREPARE: dict[str, Callable[[], None]] = {"chromium": die_with_parent, "user": _as_user, "idle": _idle}
+_PREPARE: dict[Priority, Callable[[], None]] = {"chromium": die_with_parent, "user": _as_user, "idle": _idle}

@@ -67,6 +67,7 @@ import yaml
 
 from benchmarks._browser import (
     DEFAULT_ARGS,
+    DEFAULT_PRIORITY,
     PRIORITIES,
     Browser,
     BrowserError,
@@ -375,7 +376,7 @@ class Settings:
     #: dashboard options over configs/demo.yaml's (``--dashboard-option KEY=VALUE``): an A/B of one setting
     dashboard_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the browser's CPU priority (``--browser-priority``, benchmarks._browser.PRIORITIES)
-    browser_priority: Priority = "user"
+    browser_priority: Priority = DEFAULT_PRIORITY
 
 
 def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple[Path, dict[str, Any]]:
@@ -1102,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="a dashboard setting over configs/demo.yaml's, e.g. reuse_sessions=false (repeatable)")
-    p.add_argument("--browser-priority", choices=PRIORITIES, default="user",
+    p.add_argument("--browser-priority", choices=PRIORITIES, default=DEFAULT_PRIORITY,
                    help="the browser's CPU priority. user (default): as for a viewer who is not root; chromium: "
                         "what Chromium sets itself, which as root raises its browser and GPU processes above the "
                         "servers (the rig of runs up to 50); idle: only the CPU the engine, broker and servers "
