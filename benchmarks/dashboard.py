@@ -8,7 +8,11 @@ in a window of its own (tabs sharing a window are hidden and draw no frames), dr
 protocol (``benchmarks/_browser.py``) without ever waiting on a busy tab. Phases, in order:
 
 1. **idle**: 0 viewers; the dashboard's CPU (process + children, psutil) and RSS: the baseline.
-2. **viewers**: ``--viewers`` tabs open at once (their first plots are reported), then ``--duration-s`` of
+2. **floor** (``--floor-s``): as many tabs of a bare page (``benchmarks/_floor_page.py``) that draws only the
+   Overview's two fast charts, with the dashboard's own chart code, from rows a websocket pushes every tick:
+   no Bokeh, Panel, numbers or tables. Its pictures a second under the same load are the baseline the
+   viewers' are read against: what any page drawing those charts could get on this machine.
+3. **viewers**: ``--viewers`` tabs open at once (their first plots are reported), then ``--duration-s`` of
    steady load. Each page carries a collector (installed before the page's own scripts) that watches the
    Bokeh ``ColumnDataSource`` named ``live-timeline``: every new row's ``seq`` (gaps = ticks this viewer
    missed), the time it arrived and the next animation frame after it (``Date.now()``), against the row's
@@ -19,7 +23,7 @@ protocol (``benchmarks/_browser.py``) without ever waiting on a busy tab. Phases
    RSS and ``/status.json`` every two. ``--probes`` extra viewers open one at a time during the phase:
    "a new viewer under load", time from navigation start to the timeline holding a row with every root view
    rendered.
-3. **orphan drill**: sessions dropped at random moments: plain HTTP GETs of ``/`` (a server session whose
+4. **orphan drill**: sessions dropped at random moments: plain HTTP GETs of ``/`` (a server session whose
    websocket never connects), tabs closed 0-2 s after navigation start, tabs closed once loaded; then
    ``sessions.live`` of ``/status.json`` must come back to the viewers still open (deadline 60 s: Bokeh
    drops an unused session after ``unused_session_lifetime``). Then every viewer closes, and the server's
@@ -377,6 +381,8 @@ class Settings:
     dashboard_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the browser's CPU priority (``--browser-priority``, benchmarks._browser.PRIORITIES)
     browser_priority: Priority = DEFAULT_PRIORITY
+    #: seconds of the floor phase (``--floor-s``; 0: none): as many tabs of benchmarks/_floor_page.py
+    floor_s: float = 0.0
 
 
 def write_config(workdir: Path, bootstrap: str, port: int, s: Settings) -> tuple[Path, dict[str, Any]]:
@@ -581,6 +587,20 @@ class Viewer:
                 (self.retained if kind == "retained" else self.heap).append((time.monotonic(), fut.result()))
 
 
+def viewer_rates(rows: Sequence[PageRow], w0_ms: float, w1_ms: float, seconds: float) -> tuple[float, float]:
+    """A viewer's distinct rows a second and pictures a second, of the rows that arrived in ``[w0_ms, w1_ms]``."""
+    inside = [r for r in rows if w0_ms <= r.arrived_ms <= w1_ms]
+    distinct, _ = seq_stats([r.seq for r in inside])
+    return distinct / seconds, frames_per_s(inside, seconds)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _plotted(v: Viewer) -> bool:
     return v.first_plot_ms is not None
 
@@ -740,11 +760,76 @@ class Run:
         self.facts["status_json"] = self.stack.has_status
         log(f"idle: dashboard {idle_cpu or 0:.1f} % of a core; /status.json "
             f"{'present' if self.facts['status_json'] else 'absent (404)'}")
+        self.floor()
         self.open_viewers()
         load = self.steady_load()
         self.report_idle_and_load(idle, load)
         self.orphan_drill()
         self.after_all_closed(idle)
+
+    def floor(self) -> None:
+        """The floor phase: ``viewers`` tabs of a bare page that draws only the Overview's two fast charts
+        (``benchmarks/_floor_page.py``: the dashboard's chart code, rows from a websocket, no framework) under
+        the same load, the dashboard server idle beside it. Its pictures a second are what any page drawing
+        those charts could get here: a goal the floor misses is the machine's, not the page's."""
+        s = self.s
+        if s.floor_s <= 0:
+            return
+        from engine.config import load
+        from streams.broker import free_port
+
+        ring = load(self.stack.config, environ={}).dashboard.history_s * 1000 // s.tick_ms
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        server = Proc("floor", [sys.executable, "-m", "benchmarks._floor_page", "--port", str(port),
+                                "--tick-ms", str(s.tick_ms), "--ring", str(ring)],
+                      self.stack.config.parent / "floor.log")
+        viewers: list[Viewer] = []
+        try:
+            wait_until(lambda: _answers(url), 60, f"the floor page on {url}", alive=server.check)
+            log(f"floor: {s.viewers} tabs of the bare page for {s.floor_s:.0f} s")
+            viewers = [open_viewer(self.browser, url, f"floor-{i}") for i in range(s.viewers)]
+            self.idle_for(FIRST_PLOT_WAIT_S, until=lambda: all(map(_plotted, viewers)), extra=viewers)
+            self.idle_for(s.warmup_s, extra=viewers)
+            for v in viewers:
+                v.rows.clear()
+            wall0, t0, cpu0 = time.time() * 1e3, self.sampler.mark(), server.tree.cpu_s()
+            self.idle_for(s.floor_s, extra=viewers)
+            wall1, t1, cpu1 = time.time() * 1e3, self.sampler.mark(), server.tree.cpu_s()
+            self.idle_for(FINAL_DRAIN_S, until=lambda: all(v.draining is None for v in viewers), extra=viewers)
+        finally:
+            for v in viewers:
+                v.tab.close()
+            server.stop()
+        seconds = t1 - t0
+        rates = [viewer_rates(v.rows, wall0, wall1, seconds) for v in viewers]
+        frames = [f for _, f in rates]
+        tick = [r.screen_ms - r.t_ms for v in viewers for r in v.rows
+                if wall0 <= r.arrived_ms <= wall1 and r.t_ms is not None]
+        cpu = self.sampler.breakdown(t0, t1)
+        browser = cpu.get("browser")
+        why = None if tick else "no rows reached the floor page's tabs"
+        common = {"seconds": round(seconds, 1), "viewers": len(viewers), "ring_rows": ring}
+        self.rows += [
+            goal_row("floor_frames_per_s_slowest_viewer", min(frames) if tick else None, "frames/s", FRAMES_GOAL,
+                     why_missing=why, per_viewer=[round(f, 2) for f in frames], **common,
+                     note="the floor page (only the two fast charts, no framework) under the same load: what "
+                          "any page drawing them gets on this machine"),
+            goal_row("floor_frames_per_s_mean_viewer", float(np.mean(frames)) if tick else None, "frames/s",
+                     FRAMES_GOAL, why_missing=why),
+            goal_row("floor_updates_per_s_slowest_viewer", min(u for u, _ in rates) if tick else None, "updates/s",
+                     UPDATES_GOAL, why_missing=why),
+            goal_row("floor_tick_to_screen_p95_ms", quantiles(tick)["p95"], "ms", why_missing=why),
+            goal_row("floor_cpu_pct_browser", browser, "% of a core",
+                     per_viewer=None if browser is None else round(browser / len(viewers), 2)),
+            goal_row("floor_cpu_pct_server", cpu_pct(cpu0, cpu1, t0, t1), "% of a core",
+                     note="the floor page's own server (one websocket push per tick and tab)"),
+            goal_row("floor_cpu_pct_machine", cpu.get("machine"), "% of a core", engine=_round(cpu.get("engine")),
+                     broker=_round(cpu.get("broker")), producer=_round(cpu.get("producer")),
+                     dashboard_idle=_round(cpu.get("dashboard")), neighbours=_round(cpu.get("neighbours"))),
+        ]
+        log(f"floor: slowest tab {min(frames) if tick else 0:.2f} pictures/s, mean "
+            f"{float(np.mean(frames)) if tick else 0:.2f}; browser {browser or 0:.0f} % of a core")
 
     def scores_written(self) -> int:
         """Records the engine has written to its ``scores`` topic so far."""
@@ -1072,6 +1157,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         drill_loaded=3 if quick else 10, drill_deadline_s=60.0, seed=args.seed, chromium=args.chromium,
         dashboard_command=args.dashboard_command, dashboard_options=dict(args.dashboard_option),
         browser_priority=args.browser_priority,
+        floor_s=args.floor_s if args.floor_s is not None else (60.0 if quick else 300.0),
     )
 
 
@@ -1109,7 +1195,14 @@ def main(argv: list[str] | None = None) -> int:
                         "servers (the rig of runs up to 50); idle: only the CPU the engine, broker and servers "
                         "leave, as if the viewers' browsers ran on their own machines (a diagnostic that tells "
                         "the servers' delays from those of ten tabs sharing their cores)")
+    p.add_argument("--floor-s", type=float, default=None,
+                   help="seconds of the floor phase before the viewers open (default 300; quick 60; 0: none): as "
+                        "many tabs of a bare page that draws only the Overview's two fast charts with the "
+                        "dashboard's own code, from a websocket, under the same load (benchmarks/_floor_page.py). "
+                        "What they get is what any page drawing those charts could get on this machine")
     args = p.parse_args(argv)
+    if args.floor_s is not None and args.floor_s < 0:
+        p.error(f"--floor-s must be 0 or more, not {args.floor_s}")
     for name in ("viewers", "tick_ms", "engine_workers", "partitions"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")

@@ -31,7 +31,15 @@ from benchmarks._dashboard_measures import (
     seq_stats,
     slope_per_min,
 )
-from benchmarks.dashboard import Settings, Viewer, dashboard_command, log_errors, main, write_config
+from benchmarks.dashboard import (
+    Settings,
+    Viewer,
+    dashboard_command,
+    log_errors,
+    main,
+    viewer_rates,
+    write_config,
+)
 
 STATUS: dict[str, Any] = {"sessions": {"live": 3, "created": 9, "destroyed": 6, "loaded": 3}, "tick_ms": 100,
                           "ticks": 1234, "missed_updates": 2, "rss_bytes": 150_000_000, "cpu_s": 12.5}
@@ -232,6 +240,7 @@ def test_without_chromium_it_skips_with_a_row_saying_why(tmp_path: Path) -> None
     assert doc["benchmark"] == "dashboard" and doc["settings"]["quick"] is True
     assert doc["settings"]["duration_s"] == 120.0 and doc["settings"]["viewers"] == 10
     assert doc["settings"]["browser_priority"] == "user"  # what a run's figures were measured under
+    assert doc["settings"]["floor_s"] == 60.0  # a quick run measures its floor too
     [r] = doc["results"]
     assert r["skipped"] is True and r["value"] is None and "no-chromium" in r["reason"]
 
@@ -246,6 +255,9 @@ def test_bad_arguments_are_refused_by_name(capsys: pytest.CaptureFixture[str], t
     with pytest.raises(SystemExit):
         main(["--browser-priority", "high", "--out", str(tmp_path / "x.json")])
     assert "--browser-priority: invalid choice: 'high'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--floor-s", "-1", "--out", str(tmp_path / "x.json")])
+    assert "--floor-s must be 0 or more, not -1.0" in capsys.readouterr().err
 
 
 def test_parse_status_reads_the_extras_when_a_server_reports_them() -> None:
@@ -375,3 +387,12 @@ def test_a_window_says_what_each_process_used_and_how_fast_the_feed_read(monkeyp
     # a window the server did not report its feed in, or with one sample, has no rate rather than a made-up one
     assert smp.feed_rate(110.0, 120.0) is None
     assert smp.breakdown(120.0, 120.0) == {"dashboard": None, "engine": None, "machine": None, "neighbours": None}
+
+
+def test_viewer_rates_count_distinct_rows_and_pictures_inside_the_window() -> None:
+    rows = [PageRow(1, 900.0, 910.0, None, None),  # before the window: not counted
+            PageRow(2, 1_000.0, 1_016.0, None, None), PageRow(3, 1_050.0, 1_066.0, None, None),
+            PageRow(4, 1_070.0, 1_066.0 + 50, None, None), PageRow(5, 1_090.0, 1_116.0, None, None),
+            PageRow(5, 1_095.0, 1_116.0, None, None)]  # a row seen twice counts once, as does its picture
+    assert viewer_rates(rows, 1_000.0, 2_000.0, 2.0) == (2.0, 1.5)  # rows 2-5; pictures 1016, 1066, 1116
+    assert viewer_rates([], 0.0, 1.0, 1.0) == (0.0, 0.0)
