@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import time
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -71,17 +70,15 @@ class IncidentsPage(LivePage):
         self._windows = html_pane(empty("no window alerts yet"), sizing_mode="stretch_width",
                                      styles={"overflow-x": "auto"})
         self._drawn = (-1, -1)
-        self._at = 0.0
+        self._redraw = self.every(REDRAW_EVERY_S)
 
     def body(self) -> list[Any]:
         return [self._summary, pn.pane.Markdown("#### Incidents: open first, then the most recent", margin=(0, 10)),
                 self.table, pn.pane.Markdown("#### Window alerts (rate triggers)", margin=(0, 10)), self._windows]
 
     def draw(self) -> None:
-        now = time.monotonic()
-        if now - self._at < REDRAW_EVERY_S:
+        if not self._redraw.due(self.tick):
             return
-        self._at = now
         state = self.hub.state
         seq, frame = state.incidents()
         wseq, windows = state.window_alerts()

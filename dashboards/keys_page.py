@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -55,7 +54,7 @@ class KeysPage(LivePage):
         at = at_ms if at_ms is not None else _float(query.get("at"))
         self.selector = pn.widgets.Select(name="station / sensor key", options=[], sizing_mode="fixed", width=320)
         self._list_seq = -1
-        self._list_at = 0.0
+        self._list = self.every(KEY_LIST_EVERY_S)
         self._cursor = 0
         self._windows_drawn = -1
         self._alerts_drawn = -1
@@ -177,9 +176,7 @@ class KeysPage(LivePage):
         self._draw_alerts(force=True)
 
     def draw(self) -> None:
-        now = time.monotonic()
-        if now - self._list_at >= KEY_LIST_EVERY_S:
-            self._list_at = now
+        if self._list.due(self.tick):
             self._refresh_options()
             if self.key is not None and not self.points.data["t"].__len__():
                 self._load_key()

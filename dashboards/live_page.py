@@ -14,6 +14,7 @@ from typing import Any
 
 import panel as pn
 
+from dashboards.cadence import Every, next_phase
 from dashboards.hub import Hub
 from dashboards.theme import CONTAINED, html_pane, template
 from dashboards.watchdog import Watchdog
@@ -36,7 +37,8 @@ class LivePage(pn.viewable.Viewer):
         self.held = 0  # of them, ticks held back because the browser had not caught up (Overview's flow control)
         self.updates = 0
         self._status = html_pane("", css_classes=["iso-status"], sizing_mode="stretch_width", styles=CONTAINED)
-        self._status_at = 0.0
+        self._phase = next_phase()  # this page's turn for its slow parts (dashboards/cadence.py says why)
+        self._status_every = self.every(STATUS_EVERY_S)
         # the browser's own check that updates still come: the beat goes with the status line
         self._watchdog = Watchdog(after_s=hub.stale_after_s) if hub.stale_after_s > 0 else None
 
@@ -66,12 +68,19 @@ class LivePage(pn.viewable.Viewer):
         # one. Measured with one Overview tab at 10 ticks/s: 17.7 -> 13.6 websocket messages a second
         with pn.io.unlocked():
             self.draw()
-            now = time.monotonic()
-            if now - self._status_at >= STATUS_EVERY_S:
-                self._status_at = now
+            if self._status_every.due(self.tick):
                 self._status.object = self.status_line()
                 if self._watchdog is not None:
                     self._watchdog.beat += 1
+
+    def every(self, period_s: float) -> Every:
+        """A cadence for a slow part of this page: due once every ``period_s`` of ticks, at this page's phase."""
+        return Every(period_s, self.hub.state.ticks.tick_ms, self._phase)
+
+    @property
+    def tick(self) -> int:
+        """The newest tick the shared clock has closed."""
+        return self.hub.state.ticks.seq
 
     def draw(self) -> None:  # pragma: no cover - every page has its own
         raise NotImplementedError

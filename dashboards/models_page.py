@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import time
 from typing import Any
 
 import pandas as pd
@@ -74,7 +73,7 @@ class ModelsPage(LivePage):
         self._history = html_pane("", sizing_mode="stretch_width", styles={"overflow-x": "auto"})
         self._events = html_pane("", sizing_mode="stretch_width")
         self._drawn: tuple[int, int] = (-1, -1)
-        self._at = 0.0
+        self._redraw = self.every(REDRAW_EVERY_S)
 
     def body(self) -> list[Any]:
         return [self._live, pn.pane.Markdown("#### Shadow candidate", margin=(0, 10)), self._shadow,
@@ -83,10 +82,8 @@ class ModelsPage(LivePage):
                 pn.pane.Markdown("#### Swaps sent to the engine (control topic)", margin=(0, 10)), self._events]
 
     def draw(self) -> None:
-        now = time.monotonic()
-        if now - self._at < REDRAW_EVERY_S:
+        if not self._redraw.due(self.tick):
             return
-        self._at = now
         watch = self.hub.models
         mseq, doc, error = watch.document() if watch is not None else (0, None, None)
         eseq, events, shadow_counts = self.hub.state.model_events()

@@ -8,7 +8,6 @@ histogram, tables and numbers are re-sent only when their own data changed, at m
 from __future__ import annotations
 
 import html
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -83,7 +82,7 @@ class Overview(LivePage):
         super().__init__(hub, **params)
         state = hub.state
         self._seq = -state.ticks.size  # nothing drawn yet: the first update sends the whole ring
-        self._slow_at = 0.0
+        self._slow = self.every(SLOW_EVERY_S)
         self._drawn: dict[str, int] = {}
         self.timeline = source(FAST, name="live-timeline")
         self.gauges = source(GAUGES, name="live-gauges")
@@ -173,9 +172,7 @@ class Overview(LivePage):
             self._seq = int(rows["seq"].iloc[-1])
             if full and self._acked is not None:  # only streams are acknowledged: the first frame counts as seen
                 self._acked = self._seq
-        now = time.monotonic()
-        if now - self._slow_at >= SLOW_EVERY_S:
-            self._slow_at = now
+        if self._slow.due(self.tick):
             self._draw_slow()
 
     def _changed(self, part: str, seq: int) -> bool:

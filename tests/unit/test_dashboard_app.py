@@ -82,7 +82,7 @@ def test_a_live_page_beats_with_its_status_line_unless_its_banner_is_off(hub: Hu
     view.update()  # within the second: no second status line, no second beat
     assert view._watchdog is not None and view._watchdog.beat == 1
     assert view._watchdog.after_s == hub.stale_after_s == 10.0
-    view._status_at -= 1.0
+    view._status_every.now()
     view.update()
     assert view._watchdog.beat == 2
     hub.stale_after_s = 0.0
@@ -114,7 +114,7 @@ def test_overview_numbers_histogram_and_alerts_follow_the_data(hub: Hub, clock: 
     hub.state.ingest_alerts([json.dumps({"event_time": "2027-01-15T08:00:00Z", "datapoint_id": "dp-1",
                                          "score": 0.91, "explanation": "value_z=0.5"}).encode()])
     tick(hub, clock)
-    view._slow_at = 0.0
+    view._slow.now()
     view.update()
     assert ">40<" in view._kpis.object and "dp-1" in view._alerts.object
     assert 'href="/keys?key=dp-1&amp;at=' in view._alerts.object or 'href="/keys?key=dp-1&at=' in view._alerts.object
