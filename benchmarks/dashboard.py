@@ -34,7 +34,8 @@ Every goal of the issue is a row with the measured value, the goal and met/misse
 carry the engine's, browser's and the rest of the machine's CPU over the same phase, to read noise by.
 
 Usage: ``python -m benchmarks dashboard [--quick]`` -> ``benchmarks/results/dashboard.json`` (quick: 120 s of
-load, five to seven minutes in all on a busy two-core machine; full: 1800 s, the issue's 30 minutes).
+load and a 60 s floor, about seven minutes in all on a busy two-core machine; full: 1800 s, the issue's 30
+minutes, and a 300 s floor: about 43).
 ``--dashboard-command`` measures another server under the same load. ``--browser-priority`` sets the
 browser's CPU priority: ``user`` (default) as for a viewer who is not root; ``chromium`` what Chromium sets
 itself, which as root raises its browser and GPU processes above the servers (the rig of runs up to 50);
@@ -1172,7 +1173,7 @@ def _option(text: str) -> tuple[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.dashboard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="120 s of load, 3 probes, short drill (about 4 minutes)")
+    p.add_argument("--quick", action="store_true", help="120 s of load, 3 probes, a 60 s floor, short drill (about 7 minutes)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "dashboard.json")
     p.add_argument("--viewers", type=int, default=10, help="tabs open during the load (default 10)")
     p.add_argument("--rate", type=float, default=2_000.0, help="events/s produced into the input topic")
