@@ -1,5 +1,5 @@
 """The dashboard benchmark's floor page: its rows and what it serves (the browser side is in
-tests/integration/test_bench_floor_page.py)."""
+tests/integration/test_floor_page_browser.py)."""
 
 from __future__ import annotations
 
