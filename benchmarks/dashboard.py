@@ -501,11 +501,9 @@ def load_stack(s: Settings, workdir: Path) -> Iterator[Stack]:
         url = f"http://127.0.0.1:{port}/"
 
         def listening() -> int | None:
-            try:  # /status.json, never /: a page GET would open a server session before the idle baseline
-                code = httpx.get(f"{url}status.json", timeout=2.0).status_code
-                return code if code in (200, 404) else None
-            except httpx.TransportError:
-                return None
+            # /status.json, never /: a page GET would open a server session before the idle baseline
+            code = http_status(f"{url}status.json")
+            return code if code in (200, 404) else None
 
         code = wait_until(listening, 120, f"the dashboard on {url}", alive=dash.check)
         pid = broker.pid
@@ -588,18 +586,23 @@ class Viewer:
                 (self.retained if kind == "retained" else self.heap).append((time.monotonic(), fut.result()))
 
 
-def viewer_rates(rows: Sequence[PageRow], w0_ms: float, w1_ms: float, seconds: float) -> tuple[float, float]:
-    """A viewer's distinct rows a second and pictures a second, of the rows that arrived in ``[w0_ms, w1_ms]``."""
-    inside = [r for r in rows if w0_ms <= r.arrived_ms <= w1_ms]
-    distinct, _ = seq_stats([r.seq for r in inside])
-    return distinct / seconds, frames_per_s(inside, seconds)
+def in_window(rows: Sequence[PageRow], w0_ms: float, w1_ms: float) -> list[PageRow]:
+    """The rows that arrived in ``[w0_ms, w1_ms]`` (the page's clock): a phase's share of a viewer's rows."""
+    return [r for r in rows if w0_ms <= r.arrived_ms <= w1_ms]
 
 
-def _answers(url: str) -> bool:
+def viewer_rates(rows: Sequence[PageRow], seconds: float) -> tuple[float, float, int]:
+    """A viewer's distinct rows a second, pictures a second, and ticks missed, over ``seconds`` of its rows."""
+    distinct, missed = seq_stats([r.seq for r in rows])
+    return distinct / seconds, frames_per_s(rows, seconds), missed
+
+
+def http_status(url: str, timeout_s: float = 2.0) -> int | None:
+    """The status code of a GET of ``url``; None when nothing answered (not listening yet, or gone)."""
     try:
-        return httpx.get(url, timeout=2.0).status_code == 200
+        return httpx.get(url, timeout=timeout_s).status_code
     except httpx.TransportError:
-        return False
+        return None
 
 
 def _plotted(v: Viewer) -> bool:
@@ -787,7 +790,7 @@ class Run:
                       self.stack.config.parent / "floor.log")
         viewers: list[Viewer] = []
         try:
-            wait_until(lambda: _answers(url), 60, f"the floor page on {url}", alive=server.check)
+            wait_until(lambda: http_status(url) == 200, 60, f"the floor page on {url}", alive=server.check)
             log(f"floor: {s.viewers} tabs of the bare page for {s.floor_s:.0f} s")
             viewers = [open_viewer(self.browser, url, f"floor-{i}") for i in range(s.viewers)]
             self.idle_for(FIRST_PLOT_WAIT_S, until=lambda: all(map(_plotted, viewers)), extra=viewers)
@@ -803,10 +806,10 @@ class Run:
                 v.tab.close()
             server.stop()
         seconds = t1 - t0
-        rates = [viewer_rates(v.rows, wall0, wall1, seconds) for v in viewers]
-        frames = [f for _, f in rates]
-        tick = [r.screen_ms - r.t_ms for v in viewers for r in v.rows
-                if wall0 <= r.arrived_ms <= wall1 and r.t_ms is not None]
+        inside = [in_window(v.rows, wall0, wall1) for v in viewers]
+        rates = [viewer_rates(rows, seconds) for rows in inside]
+        frames = [f for _, f, _ in rates]
+        tick = [r.screen_ms - r.t_ms for rows in inside for r in rows if r.t_ms is not None]
         cpu = self.sampler.breakdown(t0, t1)
         browser = cpu.get("browser")
         why = None if tick else "no rows reached the floor page's tabs"
@@ -818,7 +821,7 @@ class Run:
                           "any page drawing them gets on this machine"),
             goal_row("floor_frames_per_s_mean_viewer", float(np.mean(frames)) if tick else None, "frames/s",
                      FRAMES_GOAL, why_missing=why),
-            goal_row("floor_updates_per_s_slowest_viewer", min(u for u, _ in rates) if tick else None, "updates/s",
+            goal_row("floor_updates_per_s_slowest_viewer", min(u for u, _, _ in rates) if tick else None, "updates/s",
                      UPDATES_GOAL, why_missing=why),
             goal_row("floor_tick_to_screen_p95_ms", quantiles(tick)["p95"], "ms", why_missing=why),
             goal_row("floor_cpu_pct_browser", browser, "% of a core",
@@ -909,11 +912,11 @@ class Run:
         painted = total = 0
         w0, w1 = self.load_wall_ms
         for v in self.viewers:
-            rows = [r for r in v.rows if w0 <= r.arrived_ms <= w1]
-            distinct, missed = seq_stats([r.seq for r in rows])
-            per_viewer.append((distinct / (t1 - t0), missed))
+            rows = in_window(v.rows, w0, w1)
+            rate, pictures, missed = viewer_rates(rows, t1 - t0)
+            per_viewer.append((rate, missed))
             silences.append(round(longest_silence_s(rows, w0, w1), 1))
-            frames.append(frames_per_s(rows, t1 - t0))
+            frames.append(pictures)
             latency += [r.screen_ms - r.kafka_ts_ms for r in rows if r.kafka_ts_ms is not None]
             tick += [r.screen_ms - r.t_ms for r in rows if r.t_ms is not None]
             to_tick += [r.t_ms - r.kafka_ts_ms for r in rows if r.t_ms is not None and r.kafka_ts_ms is not None]

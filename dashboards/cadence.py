@@ -51,5 +51,5 @@ class Every:
         return True
 
     def now(self) -> None:
-        """Make the next call due, whatever its tick (a viewer's own change: a new key, a new range)."""
+        """Make the next call due, whatever its tick (the tests' way to draw the slow parts at once)."""
         self._epoch = None

@@ -3,17 +3,16 @@ frame, and its two charts are drawn (skipped without Chromium)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-import httpx
 import pytest
 
 from benchmarks._browser import Browser, find_chromium
 from benchmarks._dashboard_measures import parse_drain
-from benchmarks.dashboard import COLLECTOR_DRAIN, COLLECTOR_JS
+from benchmarks.dashboard import COLLECTOR_DRAIN, COLLECTOR_JS, Proc, http_status, wait_until
 from streams.broker import free_port
 
 pytestmark = [
@@ -33,26 +32,16 @@ INKED = """(() => {
 
 
 @pytest.fixture
-def floor_url() -> Iterator[str]:
+def floor_url(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks._floor_page", "--port", str(port), "--tick-ms", "100",
-                             "--ring", str(RING)])
+    server = Proc("floor", [sys.executable, "-m", "benchmarks._floor_page", "--port", str(port), "--tick-ms", "100",
+                            "--ring", str(RING)], tmp_path / "floor.log")
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "the floor page's server exited"
-            assert time.monotonic() < deadline, f"the floor page did not answer on {url}"
-            time.sleep(0.2)
+        wait_until(lambda: http_status(url) == 200, 30, f"the floor page on {url}", poll_s=0.2, alive=server.check)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 def test_rows_reach_the_collector_each_on_a_frame_and_both_charts_are_drawn(floor_url: str) -> None:

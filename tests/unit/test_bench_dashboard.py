@@ -35,6 +35,7 @@ from benchmarks.dashboard import (
     Settings,
     Viewer,
     dashboard_command,
+    in_window,
     log_errors,
     main,
     viewer_rates,
@@ -394,5 +395,8 @@ def test_viewer_rates_count_distinct_rows_and_pictures_inside_the_window() -> No
             PageRow(2, 1_000.0, 1_016.0, None, None), PageRow(3, 1_050.0, 1_066.0, None, None),
             PageRow(4, 1_070.0, 1_066.0 + 50, None, None), PageRow(5, 1_090.0, 1_116.0, None, None),
             PageRow(5, 1_095.0, 1_116.0, None, None)]  # a row seen twice counts once, as does its picture
-    assert viewer_rates(rows, 1_000.0, 2_000.0, 2.0) == (2.0, 1.5)  # rows 2-5; pictures 1016, 1066, 1116
-    assert viewer_rates([], 0.0, 1.0, 1.0) == (0.0, 0.0)
+    inside = in_window(rows, 1_000.0, 2_000.0)
+    assert [r.seq for r in inside] == [2, 3, 4, 5, 5]
+    assert viewer_rates(inside, 2.0) == (2.0, 1.5, 0)  # rows 2-5; pictures 1016, 1066, 1116
+    assert viewer_rates([PageRow(s, 0.0, None, None, None) for s in (1, 2, 5)], 1.0) == (3.0, 1.0, 2)
+    assert viewer_rates([], 1.0) == (0.0, 0.0, 0)
