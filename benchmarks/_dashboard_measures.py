@@ -205,10 +205,16 @@ class ServerStatus:
     closed_tab_messages: int | None = None
     ticking: int | None = None
     update_delay_p95_ms: float | None = None
+    #: p95 of ms a page's update held the server's event loop
+    update_p95_ms: float | None = None
     #: the server's feed: p95 of ms from a consumed batch's newest Kafka timestamp to its hand-over, and of
     #: ms its handlers took (where data-to-screen goes before the server's clock)
     feed_delay_p95_ms: float | None = None
     feed_handler_p95_ms: float | None = None
+    #: the timeline's own socket (isostream's ``push``): p95 of ms from a tick to its rows' fan-out running,
+    #: and ticks held back for a tab whose last message the kernel had not taken
+    push_delay_p95_ms: float | None = None
+    push_held: int | None = None
     #: records the feed has handed over since the server started (the work it has with no one watching)
     feed_records: int | None = None
     #: the server's heap trimmer: trims so far, and the MB of RSS they gave back to the system
@@ -220,7 +226,8 @@ class ServerStatus:
 
 #: the counters beyond the contract, as ``ServerStatus`` names them, with what each counts
 EXTRA_COUNTS = {"late_ticks": "ticks", "coalesced_updates": "ticks", "held_updates": "ticks",
-                "update_errors": "ticks", "closed_tab_writes": "writes", "closed_tab_messages": "messages"}
+                "update_errors": "ticks", "closed_tab_writes": "writes", "closed_tab_messages": "messages",
+                "push_held": "ticks"}
 
 
 def _number(doc: dict[str, Any], key: str, where: str, kind: type) -> Any:
@@ -257,10 +264,17 @@ def parse_status(doc: Any) -> ServerStatus:
         extra["ticking"] = _number(sessions, "ticking", "sessions", int)
     feed = doc.get("feed") if isinstance(doc.get("feed"), dict) else {}
     for where, summary, name in (("update_delay_ms", doc.get("update_delay_ms"), "update_delay_p95_ms"),
+                                 ("update_ms", doc.get("update_ms"), "update_p95_ms"),
                                  ("feed.delay_ms", feed.get("delay_ms"), "feed_delay_p95_ms"),
                                  ("feed.handler_ms", feed.get("handler_ms"), "feed_handler_p95_ms")):
         if isinstance(summary, dict) and summary.get("p95") is not None:
             extra[name] = _number(summary, "p95", where, float)
+    push = doc.get("push") if isinstance(doc.get("push"), dict) else {}
+    delay = push.get("delay_ms")
+    if isinstance(delay, dict) and delay.get("p95") is not None:
+        extra["push_delay_p95_ms"] = _number(delay, "p95", "push.delay_ms", float)
+    if push.get("held") is not None:
+        extra["push_held"] = _number(push, "held", "push", int)
     if feed.get("records") is not None:
         extra["feed_records"] = _number(feed, "records", "feed", int)
     trim = doc.get("heap_trim")

@@ -969,6 +969,10 @@ class Run:
         for name, why, note in (
                 ("update_delay_p95_ms", "the server reports no update delays",
                  "how long a page's update waited for the server's event loop after its tick"),
+                ("update_p95_ms", "the server reports no update durations",
+                 "how long a page's update held the server's event loop (every other update and push waits)"),
+                ("push_delay_p95_ms", "the server has no timeline socket",
+                 "how long a tick's rows waited for the server's event loop before going out on the socket"),
                 ("feed_delay_p95_ms", "the server reports no feed delays",
                  "from a consumed batch's newest Kafka timestamp to the server's feed handing it over"),
                 ("feed_handler_p95_ms", "the server reports no feed handler times",

@@ -38,6 +38,7 @@ from tornado.websocket import WebSocketClosedError
 
 from dashboards.hub import Hub
 from dashboards.models_watch import ModelsWatch
+from dashboards.push import TickPush, TickSocket
 from dashboards.resources import skip_mathjax
 from dashboards.state import LiveState
 from engine.config import Config
@@ -158,7 +159,8 @@ class _StatusHandler(RequestHandler):
                "feed_errors": self.hub.state.feed.errors if self.hub.state.feed is not None else 0,
                "feed": self.hub.state.feed.status() if self.hub.state.feed is not None else None,
                "closed_tab_writes": CLOSED_TAB_WRITES.count, "closed_tab_messages": CLOSED_TAB_MESSAGES.count,
-               "heap_trim": self.hub.trimmer.status()}
+               "heap_trim": self.hub.trimmer.status(),
+               "push": self.hub.push.status() if self.hub.push is not None else None}
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(doc))
@@ -276,7 +278,8 @@ def serve(
         pages, port=port, address=host, websocket_origin=websocket_origins(host, port, allow_websocket_origin),
         # with the page cache, the browser opens once the cache is primed: its request must not be the one cached
         show=show and not reuse, start=True, title=TITLE, verbose=False, location=True, threaded=threaded,
-        extra_patterns=[(r"/status\.json", _StatusHandler, {"hub": hub})],
+        extra_patterns=[(r"/status\.json", _StatusHandler, {"hub": hub}),
+                        *([(hub.push.path, TickSocket, {"push": hub.push})] if hub.push is not None else [])],
         # Bokeh ends a session whose websocket closed, or never opened, this long after: a browser that
         # went away before the page loaded leaves nothing behind
         unused_session_lifetime_milliseconds=expiry_ms,
@@ -324,9 +327,13 @@ class _Finished:
         return False
 
 
-def hub_for(cfg: Config, *, dask_url: str | None = None) -> Hub:
-    """The hub ``cfg`` describes: its topics, the registry watcher and the lake's history (not started)."""
+def hub_for(cfg: Config, *, dask_url: str | None = None, push: bool | None = None) -> Hub:
+    """The hub ``cfg`` describes: its topics, the registry watcher and the lake's history (not started).
+
+    ``push`` (default ``dashboard.push_timeline``): the timeline's own socket, which :func:`serve` routes.
+    """
     from dashboards.history import History
+    from dashboards.overview import FAST
 
     state = LiveState(cfg.kafka.client_settings(), cfg.kafka.topics, history_s=cfg.dashboard.history_s,
                       tick_ms=cfg.dashboard.refresh_ms, key_field=cfg.schema.key,
@@ -336,7 +343,8 @@ def hub_for(cfg: Config, *, dask_url: str | None = None) -> Hub:
         url = f"http://{cfg.cluster.dashboard_address}/status"
     return Hub.build(state, tick_ms=cfg.dashboard.refresh_ms, models=ModelsWatch(cfg),
                      history=History.from_config(cfg), dask_url=url, heap_trim_s=cfg.dashboard.heap_trim_s,
-                     stale_after_s=cfg.dashboard.stale_after_s)
+                     stale_after_s=cfg.dashboard.stale_after_s,
+                     push=TickPush(state, FAST) if (cfg.dashboard.push_timeline if push is None else push) else None)
 
 
 def serve_config(cfg: Config, hub: Hub, *, show: bool = False) -> ServerHandle:
@@ -377,7 +385,7 @@ def run_server(cfg: Config, *, open_browser: bool, stop: threading.Event | None 
 def _served_hub(cfg: Config) -> Hub:
     """The process-wide hub for ``panel serve``, which re-runs this file for every session."""
     skip_mathjax()  # once per process, as serve() does
-    hub = hub_for(cfg).start()
+    hub = hub_for(cfg, push=False).start()  # `panel serve` has no route for the timeline's socket
     atexit.register(hub.stop)  # close the consumer when the server process exits normally
     return hub
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from tornado.ioloop import IOLoop
 
+from dashboards.push import TickPush
 from dashboards.state import LiveState
 from dashboards.timings import Timings
 
@@ -42,6 +43,9 @@ class Page(Protocol):
     held: int  # ticks held back for a browser behind (a page without flow control holds none)
 
     def update(self) -> None: ...
+
+    def wants(self, seq: int) -> bool:
+        """Whether the page has anything to draw at tick ``seq`` (one that does not is not queued)."""
 
 
 #: an update queued this long without running is reported (logged once per page, and in ``/status.json``)
@@ -134,11 +138,13 @@ class Broadcaster:
         self.created = self.loaded = self.destroyed = self.errors = self.cached = 0
         self._missed_gone = self._coalesced_gone = self._held_gone = 0  # of pages that have gone
         self._delays = Timings(DELAYS_KEPT)  # ms from a tick to its update running
+        self._durations = Timings(DELAYS_KEPT)  # ms each update held the event loop (what the others wait for)
         self.late_ticks = 0  # ticks this thread could not close on time (it was starved of CPU)
         self.abandoned = 0  # updates dropped because their browser had gone (its rows are not owed to anyone)
         self._turn = 0  # fan-outs so far: where the next one starts
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.push: TickPush | None = None  # the timeline's own socket, when the server has one
 
     # -- sessions ---------------------------------------------------------------------------------------------
     def session_created(self) -> None:
@@ -195,6 +201,7 @@ class Broadcaster:
                 "coalesced_updates": self._coalesced_gone + sum(p.coalesced for p in pages),
                 "held_updates": self._held_gone + sum(p.held for p in pages),
                 "update_delay_ms": self._delays.summary(),
+                "update_ms": self._durations.summary(),
                 "update_errors": self.errors,
                 "abandoned_updates": self.abandoned,
                 "pages": [s.detail(now) for s in slots],
@@ -249,6 +256,8 @@ class Broadcaster:
         page that way for 580 s, quick run 44 for 50 s, with no lock held and nothing unsent.
         """
         tick_at = time.monotonic()
+        if self.push is not None:  # first: the rows every tab draws this tick (dashboards/push.py)
+            self.push.dispatch()
         with self._lock:
             loops = {id(s.loop): s.loop for s in self._slots.values() if s.loop is not None}
             unserved = any(s.loop is None for s in self._slots.values())
@@ -270,7 +279,10 @@ class Broadcaster:
             turn = self._turn % len(slots)
             slots = slots[turn:] + slots[:turn]
             self._turn += 1
+        seq = self.state.ticks.seq
         for slot in slots:
+            if not slot.page.wants(seq):
+                continue  # nothing due: not even the event loop's turn and the document's lock
             if not _connected(slot.doc):
                 # the browser went away; Bokeh destroys the session after its expiry. Sending to it meanwhile
                 # only fails (measured: thousands of "connection.session is None" errors as 10 tabs closed)
@@ -306,6 +318,7 @@ class Broadcaster:
             return
         try:
             slot.page.update()
+            self._durations.add((time.monotonic() - slot.ran_at) * 1000.0)
         except Exception:  # noqa: BLE001 - one page's bad frame must not stop the others
             if not _connected(slot.doc):
                 # it left during the update, and sending the change failed. Seen in the 30-minute benchmark:

@@ -12,6 +12,8 @@ the same 100 ms. Spread over the ticks of a period, each tick carries about one 
 [1, 10, 20]
 >>> [seq for seq in range(1, 25) if b.due(seq)]
 [1, 7, 17]
+>>> b.pending(26), b.pending(27)  # asks without taking the turn
+(False, True)
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class Every:
             return False
         self._epoch = epoch
         return True
+
+    def pending(self, seq: int) -> bool:
+        """Whether :meth:`due` would say True at ``seq``, without taking the turn."""
+        return (seq + self.phase) // self.period != self._epoch
 
     def now(self) -> None:
         """Make the next call due, whatever its tick (the tests' way to draw the slow parts at once)."""

@@ -73,6 +73,10 @@ class LivePage(pn.viewable.Viewer):
                 if self._watchdog is not None:
                     self._watchdog.beat += 1
 
+    def wants(self, seq: int) -> bool:
+        """Whether this page has anything to draw at tick ``seq``: most pages stream something every tick."""
+        return True
+
     def every(self, period_s: float) -> Every:
         """A cadence for a slow part of this page: due once every ``period_s`` of ticks, at this page's phase."""
         return Every(period_s, self.hub.state.ticks.tick_ms, self._phase)

@@ -249,6 +249,66 @@ export function paint(canvas, ctx, model, src) {
   return true;
 }
 
+// The rows of a source fed by a socket of its own (dashboards/push.py), one socket per feed however many
+// charts share it: url -> {users, ws, failures, closed}
+const FEEDS = new Map();
+const RETRIES = 5;  // a feed that fails this many times in a row stops trying (its page's session is gone)
+
+function newestSeq(src) {
+  const n = src.get_length() || 0;
+  const seq = src.data.seq;
+  return n > 0 && seq !== undefined ? Number(seq[n - 1]) : NaN;
+}
+
+// The message's rows that the source does not hold yet (a reconnect, or a first frame that came with the
+// session, may overlap them), with JSON's nulls back as NaN (a gap in the line, not a zero).
+export function newRows(rows, last) {
+  const seq = rows.seq || [];
+  let from = 0;
+  if (Number.isFinite(last)) while (from < seq.length && Number(seq[from]) <= last) from++;
+  if (from === seq.length) return null;
+  const out = {};
+  for (const [name, col] of Object.entries(rows)) {
+    out[name] = col.slice(from).map((v) => (v === null ? NaN : v));
+  }
+  return out;
+}
+
+function subscribe(url, src) {
+  const known = FEEDS.get(url);
+  if (known) { known.users++; return; }
+  const feed = {users: 1, ws: null, failures: 0, closed: false};
+  FEEDS.set(url, feed);
+  const connect = () => {
+    const u = new URL(url, window.location.href);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    const last = newestSeq(src);
+    if (Number.isFinite(last)) u.searchParams.set("after", String(last));
+    const ws = new WebSocket(u);
+    feed.ws = ws;
+    ws.onopen = () => { feed.failures = 0; };
+    ws.onmessage = (event) => {
+      const msg = JSON.parse(event.data);
+      const rows = newRows(msg.rows || {}, newestSeq(src));
+      // sync: false: these rows came from the server; Bokeh would otherwise send each of them back to it
+      if (rows !== null) src.stream(rows, msg.rollover, {sync: false});
+    };
+    ws.onclose = () => {
+      if (feed.closed || ++feed.failures > RETRIES) return;
+      setTimeout(connect, 1000 * feed.failures);
+    };
+  };
+  connect();
+}
+
+function unsubscribe(url) {
+  const feed = FEEDS.get(url);
+  if (!feed || --feed.users > 0) return;
+  feed.closed = true;
+  FEEDS.delete(url);
+  if (feed.ws) feed.ws.close();
+}
+
 export function render({ model, el }) {
   const canvas = document.createElement("canvas");
   canvas.className = "iso-livechart";
@@ -273,9 +333,12 @@ export function render({ model, el }) {
   const resized = new ResizeObserver(request);
   resized.observe(canvas);
   model.on(["series", "heading", "y_label", "x_label", "empty_text", "marker", "x_start", "x_end"], request);
+  const feed = model.feed;
+  if (feed && src) subscribe(feed, src);
   model.on("remove", () => {
     resized.disconnect();
     for (const sig of signals) sig.disconnect(request);
+    if (feed && src) unsubscribe(feed);
   });
   request();
   return canvas;

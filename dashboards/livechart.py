@@ -46,6 +46,8 @@ class LiveChart(pn.custom.JSComponent):
     y_label = param.String(default="", doc="the y axis, with its unit")
     x_label = param.String(default="time (UTC)")
     empty_text = param.String(default="waiting for the first rows", doc="what the empty chart waits for")
+    feed = param.String(default="", doc="a path of this server whose websocket streams the source's rows "
+                        "(dashboards/push.py); empty: they come with the Bokeh session")
     chart_height = param.Integer(default=220, bounds=(60, None), doc="canvas height in CSS pixels")
 
     _esm = Path(__file__).with_name("livechart.js")

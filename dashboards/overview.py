@@ -88,6 +88,7 @@ class Overview(LivePage):
         self.gauges = source(GAUGES, name="live-gauges")
         self._gauge_seq = self._seq
         self._acked: int | None = None  # None: no browser acknowledges (not served): no flow control
+        self._token: str | None = None  # set when served with the timeline's own socket (dashboards/push.py)
         self._figures = self._time_figures()
         self.hist = ColumnDataSource({"left": [], "right": [], "count": []}, name="live-histogram")
         self._hist = LiveChart(source=self.hist, kind="bars", x="left", x_to="right", x_start=0.0, x_end=1.0,
@@ -127,10 +128,38 @@ class Overview(LivePage):
         doc = pn.state.curdoc
         if doc is None or doc.session_context is None:
             return
+        push = self.hub.push
+        if push is not None:  # the rows come over the timeline's own socket: no acknowledgements needed
+            self._token = push.expect(self)
+            for chart in self._figures[:2]:
+                chart.feed = push.feed_url(self._token)
+            return
         self._acked = self._seq
         ack = ColumnDataSource({}, name="live-ack", tags=[self._seq])
         self.timeline.js_on_change("streaming", CustomJS(args={"ack": ack}, code=ACK_JS))
         ack.on_change("tags", self._on_ack)
+
+    def _ended(self, began: float) -> None:
+        if self._token is not None and self.hub.push is not None:
+            self.hub.push.forget(self._token)
+        super()._ended(began)
+
+    @property
+    def pushed(self) -> bool:
+        """Whether this page's timeline rows go over the socket (after its first frame) instead of Bokeh."""
+        return self._token is not None
+
+    def wants(self, seq: int) -> bool:
+        if not self.pushed or self._seq <= 0:
+            return True
+        return self._slow.pending(seq) or self._status_every.pending(seq)
+
+    def status_line(self) -> str:
+        line = super().status_line()
+        push = self.hub.push
+        if self._token is not None and push is not None and not push.connected(self._token):
+            line += " · live rows: the page's socket is not connected"
+        return line
 
     @property
     def behind(self) -> int | None:
@@ -159,6 +188,10 @@ class Overview(LivePage):
         if behind is not None and self._seq > 0 and behind > IN_FLIGHT_TICKS:
             self.held += 1
             self.coalesced += 1  # drawn late, with the next update the browser can take
+            return
+        if self.pushed and self._seq > 0:  # the socket sends the rows (and counts what a tab missed)
+            if self._slow.due(self.tick):
+                self._draw_slow()
             return
         self.missed += state.ticks.missed(self._seq) if self._seq > 0 else 0
         rows = state.timeline(self._seq)

@@ -268,6 +268,10 @@ class DashboardConfig(_Section):
     #: a live page that has had no update from the server this long shows a banner saying so (0 = never):
     #: under ten viewers on 2 cores, healthy tabs went at most 3.4 s without a new row
     stale_after_s: float = Field(default=10.0, ge=0.0)
+    #: send the Overview's timeline rows over a websocket of their own, encoded once per tick for every tab,
+    #: instead of through each tab's Bokeh session (dashboards/push.py says what it measured). Off: the rows
+    #: go with the session, with flow control by the browser's acknowledgements
+    push_timeline: bool = True
     auth: DashboardAuth = DashboardAuth()
 
     @field_validator("stale_after_s")

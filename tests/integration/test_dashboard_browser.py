@@ -12,6 +12,7 @@ Screenshots are test artefacts (``$ISOSTREAM_ARTIFACTS`` or a temporary folder, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import json
@@ -345,6 +346,99 @@ def test_overview_renders_updates_and_fills_the_alerts_table(world: World, tab: 
                                 ".filter((n) => n.includes('.js'))")
     assert any("bokeh.min.js" in s for s in scripts) and not any("mathjax" in s for s in scripts), scripts
     assert tab.errors == []
+
+
+def handshake(url: str, origin: str | None = None, cookie: str | None = None) -> tuple[int, dict[str, Any] | None]:
+    """A websocket handshake at ``url`` (http scheme): its HTTP status (101: it opened) and, if it opened, its
+    first message."""
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    headers = {k: v for k, v in (("Origin", origin), ("Cookie", cookie)) if v}
+
+    async def go() -> tuple[int, dict[str, Any] | None]:
+        try:
+            conn = await websocket_connect(HTTPRequest(url.replace("http", "ws", 1), headers=headers))
+        except HTTPClientError as exc:
+            return exc.code, None
+        first = await asyncio.wait_for(conn.read_message(), 10)
+        conn.close()
+        return 101, json.loads(first) if isinstance(first, str) else None
+
+    result: list[tuple[int, dict[str, Any] | None]] = []
+    # a thread of its own: Playwright's sync API already runs an event loop on this one
+    worker = threading.Thread(target=lambda: result.append(asyncio.run(go())))
+    worker.start()
+    worker.join(30)
+    return result[0]
+
+
+def overview_pages(hub: Hub) -> list[Any]:
+    """The Overview pages the broadcaster ticks."""
+    from dashboards.overview import Overview
+
+    return [s.page for s in list(hub.broadcaster._slots.values()) if isinstance(s.page, Overview)]
+
+
+def test_the_timeline_comes_over_its_own_socket_to_its_own_page_only(hub: Hub, tab: Tab,
+                                                                    server: ServerHandle) -> None:
+    assert hub.push is not None  # dashboard.push_timeline is on by default
+    wait_until(lambda: status(server)["sessions"]["live"] == 0, "the previous tests' tabs ended",
+               timeout_s=4 * SESSION_EXPIRY_S)
+    before = status(server)["push"]
+    tab.open("/")
+    wait_until(lambda: status(server)["push"]["sockets"] == 1, "the page's timeline socket open")
+    [page] = wait_until(lambda: overview_pages(hub), "the Overview ticking")
+    assert page.pushed
+    newest = tab.newest("live-timeline", "seq")
+    served = list(page.timeline.data["seq"])  # the first frame, sent with the session
+    wait_until(lambda: tab.newest("live-timeline", "seq") > newest + 20, "rows streamed over the socket")
+    assert list(page.timeline.data["seq"]) == served  # the session's own source was not streamed
+    seqs = (tab.source("live-timeline", "seq", 400) or {}).get("tail", [])
+    assert seqs == list(range(int(seqs[0]), int(seqs[0]) + len(seqs)))  # in order, no gap, no duplicate
+    now = status(server)["push"]
+    assert now["messages"] > before["messages"] and now["errors"] == 0 and now["missed"] == before["missed"]
+
+    # who may open it: the page's own token, from an allowed origin; a missing value is sent as null (NaN)
+    url = f"{server.url.rstrip('/')}{hub.push.feed_url(page._token)}"
+    code, first = handshake(url, origin=server.url.rstrip("/"))
+    assert code == 101 and first is not None and set(first["rows"]) >= {"seq", "t", "events_per_s"}
+    assert first["rollover"] == hub.state.ticks.size
+    assert handshake(url, origin="http://elsewhere.example:80")[0] == 403
+    assert handshake(f"{server.url.rstrip('/')}{hub.push.feed_url('not-a-token')}")[0] == 404
+    assert handshake(url + "&after=x")[0] == 400
+
+    # the page goes: its session ends, its socket closes and its token is void
+    tab.page.goto("about:blank")
+    wait_until(lambda: status(server)["push"]["sockets"] == 0, "the socket closed with its tab",
+               timeout_s=4 * SESSION_EXPIRY_S)
+    wait_until(lambda: status(server)["push"]["expected_pages"] == before["expected_pages"], "the token void",
+               timeout_s=4 * SESSION_EXPIRY_S)
+    assert handshake(url)[0] == 404
+    assert tab.errors == []
+
+
+def test_with_basic_auth_the_timeline_socket_needs_the_login(world: World, context: BrowserContext) -> None:
+    own = hub_for(world.cfg).start()
+    handle = serve(own, port=free_port(), auth={"basic_auth": "open-sesame", "cookie_secret": "test-cookie"})
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        assert own.push is not None
+        token = own.push.expect(overview_pages(own) or object())  # a valid token: the login is what is missing
+        assert handshake(f"{handle.url.rstrip('/')}{own.push.feed_url(token)}")[0] == 403
+        page.goto(handle.url)
+        page.fill("input[name=username]", "operator")
+        page.fill("input[name=password]", "open-sesame")
+        page.click("button[type=submit]")
+        wait_until(lambda: own.push.status()["sockets"] == 1, "the logged-in page's socket open")
+        wait_until(lambda: page.evaluate(
+            "(() => { const m = Bokeh.documents[0].get_model_by_name('live-timeline');"
+            " return m.data.seq[m.get_length() - 1]; })()") > own.state.ticks.seq - 5, "rows on the page")
+    finally:
+        page.close()
+        handle.stop()
+        own.stop()
 
 
 def test_keys_page_updates_and_its_selector_switches_the_plots(hub: Hub, tab: Tab, artifacts: Path) -> None:

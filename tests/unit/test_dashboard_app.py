@@ -210,6 +210,9 @@ class Page:
     def update(self) -> None:
         self.calls += 1
 
+    def wants(self, seq: int) -> bool:
+        return True
+
 
 def test_broadcaster_ticks_only_loaded_pages_and_coalesces(hub: Hub) -> None:
     b = Broadcaster(hub.state, 100)
