@@ -52,9 +52,6 @@ class Sock:
     def backed_up(self) -> bool:
         return self.writing
 
-    def drained(self, _done: Any) -> None:
-        pass
-
     def drain(self) -> None:
         for done in self._pending:
             done.set_result(None)
