@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from tornado.concurrent import Future
 from tornado.websocket import WebSocketClosedError
 
 from dashboards.broadcast import Broadcaster
@@ -32,7 +32,8 @@ class Page:
 
 
 class Sock:
-    """Stands in for a TickSocket: keeps what it was sent; its writes leave when ``drain()`` says so."""
+    """Stands in for a TickSocket: keeps what it was sent; its writes leave when ``drain()`` says so. Its futures
+    are thread futures: an asyncio one needs an event loop, which an earlier test's ``asyncio.run`` closed."""
 
     def __init__(self, push: TickPush, page: Page, after: int, *, closed: bool = False) -> None:
         self.push, self.page, self.after, self.token = push, page, after, None
