@@ -263,16 +263,14 @@ def parse_status(doc: Any) -> ServerStatus:
     if sessions.get("ticking") is not None:
         extra["ticking"] = _number(sessions, "ticking", "sessions", int)
     feed = doc.get("feed") if isinstance(doc.get("feed"), dict) else {}
+    push = doc.get("push") if isinstance(doc.get("push"), dict) else {}
     for where, summary, name in (("update_delay_ms", doc.get("update_delay_ms"), "update_delay_p95_ms"),
                                  ("update_ms", doc.get("update_ms"), "update_p95_ms"),
+                                 ("push.delay_ms", push.get("delay_ms"), "push_delay_p95_ms"),
                                  ("feed.delay_ms", feed.get("delay_ms"), "feed_delay_p95_ms"),
                                  ("feed.handler_ms", feed.get("handler_ms"), "feed_handler_p95_ms")):
         if isinstance(summary, dict) and summary.get("p95") is not None:
             extra[name] = _number(summary, "p95", where, float)
-    push = doc.get("push") if isinstance(doc.get("push"), dict) else {}
-    delay = push.get("delay_ms")
-    if isinstance(delay, dict) and delay.get("p95") is not None:
-        extra["push_delay_p95_ms"] = _number(delay, "p95", "push.delay_ms", float)
     if push.get("held") is not None:
         extra["push_held"] = _number(push, "held", "push", int)
     if feed.get("records") is not None:

@@ -183,16 +183,19 @@ class Overview(LivePage):
 
     # -- updates ------------------------------------------------------------------------------------------------
     def draw(self) -> None:
-        state = self.hub.state
         behind = self.behind
         if behind is not None and self._seq > 0 and behind > IN_FLIGHT_TICKS:
             self.held += 1
             self.coalesced += 1  # drawn late, with the next update the browser can take
             return
-        if self.pushed and self._seq > 0:  # the socket sends the rows (and counts what a tab missed)
-            if self._slow.due(self.tick):
-                self._draw_slow()
-            return
+        if not (self.pushed and self._seq > 0):  # pushed: the socket sends the rows and counts what a tab missed
+            self._draw_timeline()
+        if self._slow.due(self.tick):
+            self._draw_slow()
+
+    def _draw_timeline(self) -> None:
+        """The timeline's rows since the last draw: the whole ring the first time, then a stream."""
+        state = self.hub.state
         self.missed += state.ticks.missed(self._seq) if self._seq > 0 else 0
         rows = state.timeline(self._seq)
         if len(rows):
@@ -205,8 +208,6 @@ class Overview(LivePage):
             self._seq = int(rows["seq"].iloc[-1])
             if full and self._acked is not None:  # only streams are acknowledged: the first frame counts as seen
                 self._acked = self._seq
-        if self._slow.due(self.tick):
-            self._draw_slow()
 
     def _changed(self, part: str, seq: int) -> bool:
         if self._drawn.get(part) == seq:

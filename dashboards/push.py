@@ -133,11 +133,6 @@ class TickPush:
             if self._sockets.pop(sock, 0) is None:
                 self.closed += 1
 
-    @property
-    def sockets(self) -> int:
-        with self._lock:
-            return len(self._sockets)
-
     def status(self) -> dict[str, Any]:
         """Counts for ``/status.json``."""
         with self._lock:
